@@ -1,0 +1,4 @@
+"""wiresnake: WireGuard in Python."""
+
+__all__ = ["__version__"]
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from wiresnake.cli import main
+
+sys.exit(main())

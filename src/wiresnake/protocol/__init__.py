@@ -1,0 +1,1 @@
+"""The sans-IO WireGuard protocol: no sockets, no files, no clock inside."""
