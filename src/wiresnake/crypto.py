@@ -64,7 +64,7 @@ class KeyFormatError(ValueError):
     """A key string is not a valid base64 or hex encoding of 32 bytes."""
 
 
-def hash(*parts: bytes) -> bytes:  # noqa: A001 - HASH is the paper's name
+def hash(*parts: bytes) -> bytes:
     h = hashlib.blake2s()
     for p in parts:
         h.update(p)
@@ -211,14 +211,15 @@ def tai64n(wall: float) -> bytes:
 
 
 def key_from_base64(text: str) -> bytes:
-    s = text.strip()
-    if len(s) != 44 or s[43] != "=":
+    """Exactly 44 characters of canonical base64, as `wg` accepts: no surrounding space,
+    and the unused low bits of the last character must be zero."""
+    if len(text) != 44 or text[43] != "=":
         raise KeyFormatError("key is not the correct length or format")
     try:
-        raw = base64.b64decode(s, validate=True)
+        raw = base64.b64decode(text, validate=True)
     except binascii.Error:
         raise KeyFormatError("key is not the correct length or format") from None
-    if len(raw) != KEY_LEN:
+    if len(raw) != KEY_LEN or base64.b64encode(raw).decode("ascii") != text:
         raise KeyFormatError("key is not the correct length or format")
     return raw
 
@@ -228,11 +229,10 @@ def key_to_base64(key: bytes) -> str:
 
 
 def key_from_hex(text: str) -> bytes:
-    s = text.strip()
-    if len(s) != 64:
+    if len(text) != 64:
         raise KeyFormatError("hex key must be 64 characters")
     try:
-        return bytes.fromhex(s)
+        return bytes.fromhex(text)
     except ValueError:
         raise KeyFormatError("hex key has a non-hex character") from None
 

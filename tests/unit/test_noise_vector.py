@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from wiresnake.crypto import ChaCha20Poly1305, PrivateKey
 from wiresnake.crypto import NONCE as TRANSPORT_NONCE
+from wiresnake.crypto import ChaCha20Poly1305, PrivateKey
 from wiresnake.protocol import noise
 
 VECTOR: dict[str, Any] = json.loads(
@@ -30,7 +30,11 @@ def test_both_messages_handshake_hash_and_transport_match_the_vector() -> None:
     # initiator writes message 1
     isym = noise.SymmetricState.initialize(r_static.public, prologue)
     e_pub, sealed_s, sealed_p = noise.write_initiation(
-        isym, i_static, i_eph, r_static.public, i_static.exchange(r_static.public),
+        isym,
+        i_static,
+        i_eph,
+        r_static.public,
+        i_static.exchange(r_static.public),
         bytes.fromhex(msgs[0]["payload"]),
     )
     assert (e_pub + sealed_s + sealed_p).hex() == msgs[0]["ciphertext"]

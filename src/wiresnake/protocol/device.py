@@ -1,0 +1,771 @@
+"""The engine: a whole WireGuard device as a sans-IO state machine.
+
+Three inputs drive it, each with the current monotonic time and each answering with an
+`Output` of effects: `from_tunnel(packets, now)` (plaintext IP packets to send),
+`from_network(datagrams, now)` (UDP payloads with their source) and `tick(now)` (timers).
+`next_deadline()` says when `tick` is next needed. Configuration changes take effect at
+once; any traffic they cause (a persistent keepalive switched on) leaves on the next tick.
+
+Nothing here touches a socket, a file or a clock. Randomness comes from `rng` and wall
+time (TAI64N timestamps, last-handshake times) is `now + wall_offset`, so two engines can
+run against each other on a fake clock, deterministically.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import itertools
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from wiresnake.crypto import (
+    NONCE,
+    CryptoError,
+    InvalidTag,
+    PrivateKey,
+    hash,
+    tai64n,
+)
+from wiresnake.protocol import noise
+from wiresnake.protocol.allowedips import AllowedIPs
+from wiresnake.protocol.constants import (
+    DEFAULT_MTU,
+    KEEPALIVE_TIMEOUT,
+    MAX_STAGED_PACKETS,
+    MAX_TIMER_HANDSHAKES,
+    PADDING_MULTIPLE,
+    REJECT_AFTER_MESSAGES,
+    REJECT_AFTER_TIME,
+    REKEY_AFTER_MESSAGES,
+    REKEY_AFTER_TIME,
+    REKEY_TIMEOUT,
+    UNDER_LOAD_AFTER_TIME,
+    UNDER_LOAD_HANDSHAKES,
+    ZERO_KEYS_AFTER,
+)
+from wiresnake.protocol.cookie import CookieChecker
+from wiresnake.protocol.handshake import open_initiation
+from wiresnake.protocol.keypair import Keypair
+from wiresnake.protocol.messages import (
+    INITIATION_MAC1_OFFSET,
+    RESPONSE_MAC1_OFFSET,
+    TRANSPORT_HEADER,
+    TYPE_COOKIE_REPLY,
+    TYPE_INITIATION,
+    TYPE_RESPONSE,
+    TYPE_TRANSPORT,
+    MessageError,
+    parse_cookie_reply,
+    parse_initiation,
+    parse_response,
+)
+from wiresnake.protocol.peer import Endpoint, Peer
+from wiresnake.protocol.ratelimiter import Ratelimiter
+from wiresnake.protocol.settings import DeviceConfig, Network, PeerConfig
+
+__all__ = ["Datagram", "Device", "Output"]
+
+Datagram = tuple[Endpoint, bytes]
+
+_PAD = bytes(PADDING_MULTIPLE)
+_PACK_HEADER = TRANSPORT_HEADER.pack
+_UNPACK_HEADER = TRANSPORT_HEADER.unpack_from
+_PACK_NONCE = NONCE.pack
+# after this long without new keys, an initiator refreshes them on receive so the session
+# does not expire while only the responder is sending (section 6.2)
+_REKEY_ON_RECEIVE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
+
+
+@dataclass(slots=True)
+class Output:
+    """Effects of one call: datagrams to send, IP packets to deliver to the tunnel."""
+
+    datagrams: list[Datagram] = field(default_factory=list)
+    packets: list[bytes] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.datagrams or self.packets)
+
+
+def _address_bytes(endpoint: Endpoint) -> bytes:
+    return ipaddress.ip_address(endpoint[0]).packed
+
+
+class Device:
+    def __init__(
+        self,
+        private_key: bytes | None = None,
+        *,
+        mtu: int = DEFAULT_MTU,
+        rng: Callable[[int], bytes] = os.urandom,
+        wall_offset: float = 0.0,
+        under_load_handshakes: int = UNDER_LOAD_HANDSHAKES,
+    ) -> None:
+        self.mtu = mtu
+        self.wall_offset = wall_offset
+        self.listen_port = 0
+        self.fwmark = 0
+        self.under_load_handshakes = under_load_handshakes
+        self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
+        self.ratelimiter = Ratelimiter()
+        # why datagrams and packets were dropped, and other events worth counting
+        self.counters: Counter[str] = Counter()
+        self._rng = rng
+        self._peers: dict[bytes, Peer] = {}
+        self._keypairs: dict[int, Keypair] = {}
+        self._handshakes: dict[int, Peer] = {}
+        self._heap: list[tuple[float, int, Peer]] = []
+        self._seq = itertools.count()
+        self._load_window_start = float("-inf")
+        self._load_count = 0
+        self._under_load_until = float("-inf")
+        self._static: PrivateKey | None = None
+        self._checker: CookieChecker | None = None
+        self._own_hash = b""
+        self.set_private_key(private_key)
+
+    # ------------------------------------------------------------------ configuration
+
+    @property
+    def public_key(self) -> bytes | None:
+        return self._static.public if self._static else None
+
+    @property
+    def private_key(self) -> bytes | None:
+        return self._static.raw() if self._static else None
+
+    def set_private_key(self, private_key: bytes | None) -> None:
+        """Change identity: every session is invalid after this, so all are dropped, and a
+        peer whose key is our new public key is removed, as the reference does."""
+        current = self._static.raw() if self._static is not None else None
+        if private_key == current:
+            return
+        self._static = PrivateKey(private_key) if private_key is not None else None
+        if self._static is None:
+            self._checker = None
+            self._own_hash = b""
+        else:
+            self._checker = CookieChecker(self._static.public, self._rng)
+            self._own_hash = hash(noise.INITIAL_HASH, self._static.public)
+            self.remove_peer(self._static.public)
+        for peer in self._peers.values():
+            self._clear_sessions(peer)
+            self._precompute(peer)
+
+    def _precompute(self, peer: Peer) -> None:
+        hs = peer.handshake
+        hs.static_static = None
+        if self._static is not None:
+            try:
+                hs.static_static = self._static.exchange(peer.public_key)
+            except CryptoError:
+                hs.static_static = None
+
+    @property
+    def peers(self) -> Iterator[Peer]:
+        return iter(list(self._peers.values()))
+
+    def peer(self, public_key: bytes) -> Peer | None:
+        return self._peers.get(public_key)
+
+    def add_peer(self, public_key: bytes) -> Peer:
+        """The peer with this key, created if new (existing sessions are untouched)."""
+        if len(public_key) != 32:
+            raise ValueError("public key must be 32 bytes")
+        if self._static is not None and public_key == self._static.public:
+            raise ValueError("a peer cannot have the interface's own public key")
+        peer = self._peers.get(public_key)
+        if peer is None:
+            peer = Peer(public_key)
+            self._precompute(peer)
+            self._peers[public_key] = peer
+        return peer
+
+    def remove_peer(self, public_key: bytes) -> bool:
+        peer = self._peers.pop(public_key, None)
+        if peer is None:
+            return False
+        peer.removed = True
+        self._clear_sessions(peer)
+        self.allowed_ips.remove_by_value(peer)
+        peer.staged.clear()
+        return True
+
+    def remove_all_peers(self) -> None:
+        for key in list(self._peers):
+            self.remove_peer(key)
+
+    def set_preshared_key(self, peer: Peer, psk: bytes | None) -> None:
+        if psk is not None and len(psk) != 32:
+            raise ValueError("preshared key must be 32 bytes")
+        peer.handshake.preshared_key = psk if psk is not None else bytes(32)
+
+    def set_endpoint(self, peer: Peer, endpoint: Endpoint | None) -> None:
+        peer.endpoint = endpoint
+
+    def set_persistent_keepalive(self, peer: Peer, seconds: int, now: float) -> None:
+        """Switching it on sends a keepalive at once (on the next tick), as the reference."""
+        if not 0 <= seconds <= 65535:
+            raise ValueError("persistent keepalive must be 0..65535 seconds")
+        was = peer.persistent_keepalive
+        peer.persistent_keepalive = seconds
+        if seconds == 0:
+            peer.persistent_keepalive_at = None
+        elif was == 0 and peer.endpoint is not None:
+            peer.persistent_keepalive_at = now
+            self._reschedule(peer)
+
+    def allow(self, peer: Peer, network: Network | str) -> None:
+        self.allowed_ips.insert(network, peer)
+
+    def disallow(self, peer: Peer, network: Network | str) -> bool:
+        return self.allowed_ips.remove(network, peer)
+
+    def clear_allowed_ips(self, peer: Peer) -> None:
+        self.allowed_ips.remove_by_value(peer)
+
+    def apply_peer(self, config: PeerConfig, now: float) -> Peer:
+        """Add or update a peer to match `config`; its sessions survive if it existed."""
+        peer = self.add_peer(config.public_key)
+        self.set_preshared_key(peer, config.preshared_key)
+        if config.endpoint is not None:
+            peer.endpoint = config.endpoint
+        current = self.allowed_ips.networks_for(peer)
+        if list(current) != list(config.allowed_ips):
+            self.allowed_ips.remove_by_value(peer)
+            for net in config.allowed_ips:
+                self.allowed_ips.insert(net, peer)
+        self.set_persistent_keepalive(peer, config.persistent_keepalive, now)
+        return peer
+
+    def configure(self, config: DeviceConfig, now: float) -> None:
+        """Make the device match `config` (like `wg syncconf`): peers not in it are removed,
+        the rest are added or updated without disturbing their sessions."""
+        self.set_private_key(config.private_key)
+        self.listen_port = config.listen_port
+        self.fwmark = config.fwmark
+        wanted = {p.public_key for p in config.peers}
+        for key in list(self._peers):
+            if key not in wanted:
+                self.remove_peer(key)
+        for pc in config.peers:
+            if self._static is not None and pc.public_key == self._static.public:
+                continue
+            self.apply_peer(pc, now)
+
+    # ------------------------------------------------------------------ outgoing data
+
+    def from_tunnel(self, packets: Iterable[bytes], now: float) -> Output:
+        out = Output()
+        lookup = self.allowed_ips.lookup
+        batches: dict[Peer, list[bytes]] = {}
+        counters = self.counters
+        for pkt in packets:
+            n = len(pkt)
+            if n < 20:
+                counters["tunnel_malformed"] += 1
+                continue
+            version = pkt[0] >> 4
+            if version == 4:
+                dst = pkt[16:20]
+            elif version == 6 and n >= 40:
+                dst = pkt[24:40]
+            else:
+                counters["tunnel_malformed"] += 1
+                continue
+            if n > self.mtu:
+                counters["tunnel_oversize"] += 1
+                continue
+            peer = lookup(dst)
+            if peer is None:
+                counters["no_route"] += 1
+                continue
+            batch = batches.get(peer)
+            if batch is None:
+                batches[peer] = [pkt]
+            else:
+                batch.append(pkt)
+        for peer, batch in batches.items():
+            self._stage(peer, batch)
+            self._send_staged(peer, now, out)
+            self._reschedule(peer)
+        return out
+
+    def _stage(self, peer: Peer, packets: list[bytes]) -> None:
+        peer.staged.extend(packets)
+
+    def _send_staged(self, peer: Peer, now: float, out: Output) -> None:
+        staged = peer.staged
+        if not staged:
+            return
+        kp = peer.current
+        if (
+            kp is None
+            or kp.send_counter >= REJECT_AFTER_MESSAGES
+            or now - kp.created >= REJECT_AFTER_TIME
+        ):
+            # only while waiting for a session is the queue bounded; oldest go first
+            excess = len(staged) - MAX_STAGED_PACKETS
+            if excess > 0:
+                for _ in range(excess):
+                    staged.popleft()
+                self.counters["staged_dropped"] += excess
+            self._initiate(peer, now, out, retry=False)
+            return
+        endpoint = peer.endpoint
+        if endpoint is None:
+            self.counters["no_endpoint"] += len(staged)
+            staged.clear()
+            return
+        seal = kp.send.encrypt
+        remote = kp.remote_index
+        counter = kp.send_counter
+        limit = REJECT_AFTER_MESSAGES
+        mtu = self.mtu
+        datagrams = out.datagrams
+        sent = 0
+        data_sent = False
+        while staged:
+            if counter >= limit:
+                break
+            pkt = staged.popleft()
+            n = len(pkt)
+            if n:
+                data_sent = True
+                pad = -n % PADDING_MULTIPLE
+                if n + pad > mtu:
+                    pad = max(0, mtu - n)
+                if pad:
+                    pkt = pkt + _PAD[:pad]
+            msg = _PACK_HEADER(TYPE_TRANSPORT, remote, counter) + seal(
+                _PACK_NONCE(counter), pkt, None
+            )
+            counter += 1
+            sent += len(msg)
+            datagrams.append((endpoint, msg))
+        kp.send_counter = counter
+        peer.tx_bytes += sent
+        self._packet_sent(peer, now)
+        if data_sent and peer.new_handshake_at is None:
+            # expect an answer; if none comes, the session may be dead (section 6.5)
+            peer.new_handshake_at = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
+        if staged:  # counter exhausted mid-batch: the rest waits for new keys
+            self._initiate(peer, now, out, retry=False)
+            return
+        if counter > REKEY_AFTER_MESSAGES or (kp.initiator and now - kp.created > REKEY_AFTER_TIME):
+            self._initiate(peer, now, out, retry=False)
+
+    def _packet_sent(self, peer: Peer, now: float) -> None:
+        # any authenticated packet sent: persistent keepalive restarts, passive one is moot
+        if peer.persistent_keepalive:
+            peer.persistent_keepalive_at = now + peer.persistent_keepalive
+        peer.keepalive_at = None
+
+    def _send_keepalive(self, peer: Peer, now: float, out: Output) -> None:
+        if not peer.staged:
+            peer.staged.append(b"")
+        self._send_staged(peer, now, out)
+
+    # ------------------------------------------------------------------ incoming data
+
+    def from_network(self, datagrams: Iterable[Datagram], now: float) -> Output:
+        out = Output()
+        packets = out.packets
+        keypairs = self._keypairs
+        counters = self.counters
+        lookup = self.allowed_ips.lookup
+        handshakes: list[Datagram] = []
+        # peer -> (source of its latest packet, whether data arrived)
+        seen: dict[Peer, tuple[Endpoint, bool]] = {}
+        last_kp: Keypair | None = None
+        for src, data in datagrams:
+            n = len(data)
+            if n < 32 or data[0] != TYPE_TRANSPORT:
+                if n and data[0] in (TYPE_INITIATION, TYPE_RESPONSE, TYPE_COOKIE_REPLY):
+                    handshakes.append((src, data))
+                else:
+                    counters["malformed"] += 1
+                continue
+            kind, index, counter = _UNPACK_HEADER(data)
+            if kind != TYPE_TRANSPORT:
+                counters["malformed"] += 1
+                continue
+            kp = keypairs.get(index)
+            if kp is None:
+                counters["unknown_index"] += 1
+                continue
+            if counter >= REJECT_AFTER_MESSAGES or now - kp.created >= REJECT_AFTER_TIME:
+                counters["expired_keypair"] += 1
+                continue
+            try:
+                pt = kp.receive.decrypt(_PACK_NONCE(counter), data[16:], None)
+            except InvalidTag:
+                counters["decrypt_failed"] += 1
+                continue
+            if not kp.replay.validate(counter):
+                counters["replayed"] += 1
+                continue
+            peer = kp.peer
+            if kp is not last_kp:
+                last_kp = kp
+                if kp is peer.next:
+                    self._confirm(peer, kp, now)
+            peer.rx_bytes += n
+            if not pt:
+                if peer not in seen:
+                    seen[peer] = (src, False)
+                else:
+                    seen[peer] = (src, seen[peer][1])
+                continue
+            seen[peer] = (src, True)
+            version = pt[0] >> 4
+            m = len(pt)
+            if version == 4 and m >= 20:
+                total = (pt[2] << 8) | pt[3]
+                source = pt[12:16]
+                if total < 20:
+                    total = m + 1
+            elif version == 6 and m >= 40:
+                total = 40 + ((pt[4] << 8) | pt[5])
+                source = pt[8:24]
+            else:
+                counters["inner_malformed"] += 1
+                continue
+            if total > m:
+                counters["inner_malformed"] += 1
+                continue
+            if lookup(source) is not peer:
+                counters["inner_source_not_allowed"] += 1
+                continue
+            packets.append(pt if total == m else pt[:total])
+        for peer, (src, data_received) in seen.items():
+            self._authenticated_receive(peer, src, now, out)
+            if data_received:
+                if peer.keepalive_at is None:
+                    peer.keepalive_at = now + KEEPALIVE_TIMEOUT
+                else:
+                    peer.need_another_keepalive = True
+            cur = peer.current
+            if (
+                cur is not None
+                and cur.initiator
+                and not peer.sent_last_minute_handshake
+                and now - cur.created > _REKEY_ON_RECEIVE
+            ):
+                peer.sent_last_minute_handshake = True
+                self._initiate(peer, now, out, retry=False)
+            self._send_staged(peer, now, out)
+            self._reschedule(peer)
+        if handshakes:
+            self._handshake_batch(handshakes, now, out)
+        return out
+
+    def _authenticated_receive(self, peer: Peer, src: Endpoint, now: float, out: Output) -> None:
+        # roaming: the endpoint is wherever the latest authenticated packet came from
+        peer.endpoint = src
+        if peer.persistent_keepalive:
+            peer.persistent_keepalive_at = now + peer.persistent_keepalive
+        peer.new_handshake_at = None
+
+    def _confirm(self, peer: Peer, kp: Keypair, now: float) -> None:
+        """The responder's next keypair becomes current on its first packet."""
+        self._drop_keypair(peer.previous)
+        peer.previous = peer.current
+        peer.current = kp
+        peer.next = None
+        self._handshake_complete(peer, now)
+
+    def _handshake_complete(self, peer: Peer, now: float) -> None:
+        peer.retransmit_at = None
+        peer.handshake_attempts = 0
+        peer.sent_last_minute_handshake = False
+        peer.last_handshake = now + self.wall_offset
+
+    # ------------------------------------------------------------------ handshakes
+
+    def _handshake_batch(self, batch: list[Datagram], now: float, out: Output) -> None:
+        if now - self._load_window_start >= 1.0:
+            self._load_window_start = now
+            self._load_count = 0
+        self._load_count += len(batch)
+        if self._load_count >= self.under_load_handshakes:
+            self._under_load_until = now + UNDER_LOAD_AFTER_TIME
+        under_load = now < self._under_load_until
+        for src, data in batch:
+            kind = data[0]
+            try:
+                if kind == TYPE_INITIATION:
+                    self._on_initiation(src, data, now, under_load, out)
+                elif kind == TYPE_RESPONSE:
+                    self._on_response(src, data, now, under_load, out)
+                else:
+                    self._on_cookie_reply(data, now)
+            except MessageError:
+                self.counters["malformed"] += 1
+
+    def under_load(self, now: float) -> bool:
+        return now < self._under_load_until
+
+    def _admit(
+        self,
+        src: Endpoint,
+        data: bytes,
+        mac1_offset: int,
+        sender: int,
+        now: float,
+        under_load: bool,
+        out: Output,
+    ) -> bool:
+        """MAC1 always; under load MAC2 (else a cookie reply) and the per-source ratelimit."""
+        checker = self._checker
+        if checker is None:
+            self.counters["no_private_key"] += 1
+            return False
+        if not checker.check_mac1(data, mac1_offset):
+            self.counters["bad_mac1"] += 1
+            return False
+        if not under_load:
+            return True
+        try:
+            address = _address_bytes(src)
+        except ValueError:
+            self.counters["malformed"] += 1
+            return False
+        source = address + src[1].to_bytes(2, "big")
+        if not checker.check_mac2(data, mac1_offset, source, now):
+            out.datagrams.append(
+                (src, checker.create_reply(data, mac1_offset, sender, source, now))
+            )
+            self.counters["cookie_reply_sent"] += 1
+            return False
+        if not self.ratelimiter.allow(address, now):
+            self.counters["ratelimited"] += 1
+            return False
+        return True
+
+    def _on_initiation(
+        self, src: Endpoint, data: bytes, now: float, under_load: bool, out: Output
+    ) -> None:
+        msg = parse_initiation(data)
+        if not self._admit(src, data, INITIATION_MAC1_OFFSET, msg.sender, now, under_load, out):
+            return
+        assert self._static is not None
+        opened = open_initiation(msg, self._static, self._own_hash)
+        if opened is None:
+            self.counters["handshake_failed"] += 1
+            return
+        sym, remote = opened
+        peer = self._peers.get(remote)
+        if peer is None:
+            self.counters["unknown_peer"] += 1
+            return
+        refused = peer.handshake.accept_initiation(sym, msg, now)
+        if refused:
+            self.counters[refused] += 1
+            return
+        peer.rx_bytes += len(data)
+        self._authenticated_receive(peer, src, now, out)
+        index = self._new_index()
+        made = peer.handshake.create_response(PrivateKey(self._rng(32)), index)
+        if made is None:
+            self.counters["handshake_failed"] += 1
+            return
+        response, send_key, receive_key = made
+        peer.cookie.stamp(response, RESPONSE_MAC1_OFFSET, now)
+        kp = Keypair(
+            peer,
+            send_key,
+            receive_key,
+            initiator=False,
+            local_index=index,
+            remote_index=msg.sender,
+            created=now,
+        )
+        self._begin_session(peer, kp)
+        self._packet_sent(peer, now)
+        self._send_raw(peer, bytes(response), out)
+        self._reschedule(peer)
+
+    def _on_response(
+        self, src: Endpoint, data: bytes, now: float, under_load: bool, out: Output
+    ) -> None:
+        msg = parse_response(data)
+        if not self._admit(src, data, RESPONSE_MAC1_OFFSET, msg.sender, now, under_load, out):
+            return
+        assert self._static is not None
+        peer = self._handshakes.get(msg.receiver)
+        if peer is None:
+            self.counters["unknown_index"] += 1
+            return
+        keys = peer.handshake.consume_response(msg, self._static)
+        if keys is None:
+            self.counters["handshake_failed"] += 1
+            return
+        peer.rx_bytes += len(data)
+        self._authenticated_receive(peer, src, now, out)
+        del self._handshakes[msg.receiver]
+        kp = Keypair(
+            peer,
+            keys[0],
+            keys[1],
+            initiator=True,
+            local_index=msg.receiver,
+            remote_index=msg.sender,
+            created=now,
+        )
+        self._begin_session(peer, kp)
+        self._handshake_complete(peer, now)
+        # confirm the session to the responder at once, with data if any is waiting
+        self._send_keepalive(peer, now, out)
+        self._reschedule(peer)
+
+    def _on_cookie_reply(self, data: bytes, now: float) -> None:
+        msg = parse_cookie_reply(data)
+        peer = self._handshakes.get(msg.receiver)
+        if peer is None:
+            kp = self._keypairs.get(msg.receiver)
+            peer = kp.peer if kp is not None else None
+        if peer is None:
+            self.counters["unknown_index"] += 1
+            return
+        if not peer.cookie.consume_reply(msg, now):
+            self.counters["bad_cookie_reply"] += 1
+            return
+        self.counters["cookie_received"] += 1
+
+    def _begin_session(self, peer: Peer, kp: Keypair) -> None:
+        hs_index = peer.handshake.local_index
+        if hs_index and self._handshakes.get(hs_index) is peer:
+            del self._handshakes[hs_index]
+        peer.handshake.local_index = 0
+        self._keypairs[kp.local_index] = kp
+        if kp.initiator:
+            if peer.next is not None:
+                self._drop_keypair(peer.previous)
+                peer.previous = peer.next
+                peer.next = None
+                self._drop_keypair(peer.current)
+            else:
+                self._drop_keypair(peer.previous)
+                peer.previous = peer.current
+            peer.current = kp
+        else:
+            self._drop_keypair(peer.next)
+            peer.next = kp
+            self._drop_keypair(peer.previous)
+            peer.previous = None
+        peer.zero_keys_at = kp.created + ZERO_KEYS_AFTER
+
+    def _drop_keypair(self, kp: Keypair | None) -> None:
+        if kp is not None and self._keypairs.get(kp.local_index) is kp:
+            del self._keypairs[kp.local_index]
+
+    def _clear_sessions(self, peer: Peer) -> None:
+        for kp in peer.keypairs():
+            self._drop_keypair(kp)
+        peer.previous = peer.current = peer.next = None
+        index = peer.handshake.local_index
+        if index and self._handshakes.get(index) is peer:
+            del self._handshakes[index]
+        peer.handshake.clear()
+
+    def _new_index(self) -> int:
+        while True:
+            index = int.from_bytes(self._rng(4), "little")
+            if index and index not in self._keypairs and index not in self._handshakes:
+                return index
+
+    def _jitter(self) -> float:
+        return int.from_bytes(self._rng(2), "little") % 334 / 1000
+
+    def _initiate(self, peer: Peer, now: float, out: Output, *, retry: bool) -> None:
+        if not retry:
+            peer.handshake_attempts = 0
+        if now - peer.last_sent_handshake < REKEY_TIMEOUT or self._static is None:
+            return
+        peer.last_sent_handshake = now
+        old = peer.handshake.local_index
+        if old and self._handshakes.get(old) is peer:
+            del self._handshakes[old]
+        index = self._new_index()
+        msg = peer.handshake.create_initiation(
+            self._static, PrivateKey(self._rng(32)), index, tai64n(now + self.wall_offset)
+        )
+        if msg is None:
+            self.counters["low_order_peer"] += 1
+            return
+        self._handshakes[index] = peer
+        peer.cookie.stamp(msg, INITIATION_MAC1_OFFSET, now)
+        self._packet_sent(peer, now)
+        self._send_raw(peer, bytes(msg), out)
+        peer.retransmit_at = now + REKEY_TIMEOUT + self._jitter()
+
+    def _send_raw(self, peer: Peer, msg: bytes, out: Output) -> None:
+        if peer.endpoint is None:
+            self.counters["no_endpoint"] += 1
+            return
+        out.datagrams.append((peer.endpoint, msg))
+        peer.tx_bytes += len(msg)
+
+    # ------------------------------------------------------------------ timers
+
+    def _reschedule(self, peer: Peer) -> None:
+        t = peer.next_deadline()
+        if t is not None and not peer.removed and (peer.scheduled is None or t < peer.scheduled):
+            peer.scheduled = t
+            heapq.heappush(self._heap, (t, next(self._seq), peer))
+
+    def next_deadline(self) -> float | None:
+        heap = self._heap
+        while heap:
+            t, _, peer = heap[0]
+            if peer.removed or peer.scheduled != t:
+                heapq.heappop(heap)
+                continue
+            return t
+        return None
+
+    def tick(self, now: float) -> Output:
+        out = Output()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            t, _, peer = heapq.heappop(heap)
+            if peer.removed or peer.scheduled != t:
+                continue
+            peer.scheduled = None
+            self._fire(peer, now, out)
+            self._reschedule(peer)
+        return out
+
+    def _fire(self, peer: Peer, now: float, out: Output) -> None:
+        if peer.retransmit_at is not None and peer.retransmit_at <= now:
+            peer.retransmit_at = None
+            if peer.handshake_attempts > MAX_TIMER_HANDSHAKES:
+                # give up (section 6.4): drop what waited, wipe keys later unless renewed
+                peer.keepalive_at = None
+                self.counters["staged_dropped"] += len(peer.staged)
+                peer.staged.clear()
+                if peer.zero_keys_at is None:
+                    peer.zero_keys_at = now + ZERO_KEYS_AFTER
+            else:
+                peer.handshake_attempts += 1
+                self._initiate(peer, now, out, retry=True)
+        if peer.keepalive_at is not None and peer.keepalive_at <= now:
+            peer.keepalive_at = None
+            self._send_keepalive(peer, now, out)
+            if peer.need_another_keepalive:
+                peer.need_another_keepalive = False
+                peer.keepalive_at = now + KEEPALIVE_TIMEOUT
+        if peer.new_handshake_at is not None and peer.new_handshake_at <= now:
+            peer.new_handshake_at = None
+            self._initiate(peer, now, out, retry=False)
+        if peer.zero_keys_at is not None and peer.zero_keys_at <= now:
+            peer.zero_keys_at = None
+            self._clear_sessions(peer)
+        if peer.persistent_keepalive_at is not None and peer.persistent_keepalive_at <= now:
+            peer.persistent_keepalive_at = None
+            if peer.persistent_keepalive:
+                self._send_keepalive(peer, now, out)
