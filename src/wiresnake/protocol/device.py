@@ -50,8 +50,11 @@ from wiresnake.protocol.cookie import CookieChecker
 from wiresnake.protocol.handshake import open_initiation
 from wiresnake.protocol.keypair import Keypair
 from wiresnake.protocol.messages import (
+    COOKIE_REPLY_SIZE,
     INITIATION_MAC1_OFFSET,
+    INITIATION_SIZE,
     RESPONSE_MAC1_OFFSET,
+    RESPONSE_SIZE,
     TRANSPORT_HEADER,
     TYPE_COOKIE_REPLY,
     TYPE_INITIATION,
@@ -74,6 +77,11 @@ _PAD = bytes(PADDING_MULTIPLE)
 _PACK_HEADER = TRANSPORT_HEADER.pack
 _UNPACK_HEADER = TRANSPORT_HEADER.unpack_from
 _PACK_NONCE = NONCE.pack
+_HANDSHAKE_SIZES = {
+    TYPE_INITIATION.to_bytes(4, "little"): INITIATION_SIZE,
+    TYPE_RESPONSE.to_bytes(4, "little"): RESPONSE_SIZE,
+    TYPE_COOKIE_REPLY.to_bytes(4, "little"): COOKIE_REPLY_SIZE,
+}
 # after this long without new keys, an initiator refreshes them on receive so the session
 # does not expire while only the responder is sending (section 6.2)
 _REKEY_ON_RECEIVE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
@@ -384,7 +392,9 @@ class Device:
         for src, data in datagrams:
             n = len(data)
             if n < 32 or data[0] != TYPE_TRANSPORT:
-                if n and data[0] in (TYPE_INITIATION, TYPE_RESPONSE, TYPE_COOKIE_REPLY):
+                # only well-framed handshake messages reach the handshake path and count
+                # towards load, as the reference checks sizes before queueing them
+                if _HANDSHAKE_SIZES.get(data[:4]) == n:
                     handshakes.append((src, data))
                 else:
                     counters["malformed"] += 1
@@ -397,7 +407,10 @@ class Device:
             if kp is None:
                 counters["unknown_index"] += 1
                 continue
-            if counter >= REJECT_AFTER_MESSAGES or now - kp.created >= REJECT_AFTER_TIME:
+            if counter >= REJECT_AFTER_MESSAGES:
+                counters["invalid_counter"] += 1
+                continue
+            if now - kp.created >= REJECT_AFTER_TIME:
                 counters["expired_keypair"] += 1
                 continue
             try:

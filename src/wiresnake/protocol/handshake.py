@@ -84,7 +84,7 @@ class Handshake:
     ) -> str | None:
         """Finish reading message 1 opened by `open_initiation`; None, or why it is refused."""
         if self.static_static is None:
-            return "low_order_key"
+            return "low_order_peer"
         try:
             timestamp = noise.read_initiation_payload(sym, self.static_static, msg.timestamp)
         except CryptoError:
