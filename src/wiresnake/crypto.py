@@ -217,7 +217,7 @@ def key_from_base64(text: str) -> bytes:
         raise KeyFormatError("key is not the correct length or format")
     try:
         raw = base64.b64decode(text, validate=True)
-    except binascii.Error:
+    except (binascii.Error, ValueError):
         raise KeyFormatError("key is not the correct length or format") from None
     if len(raw) != KEY_LEN or base64.b64encode(raw).decode("ascii") != text:
         raise KeyFormatError("key is not the correct length or format")
@@ -228,13 +228,15 @@ def key_to_base64(key: bytes) -> str:
     return base64.b64encode(key).decode("ascii")
 
 
+_HEX_DIGITS = "0123456789abcdefABCDEF"
+
+
 def key_from_hex(text: str) -> bytes:
     if len(text) != 64:
         raise KeyFormatError("hex key must be 64 characters")
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        raise KeyFormatError("hex key has a non-hex character") from None
+    if text.strip(_HEX_DIGITS):
+        raise KeyFormatError("hex key has a non-hex character")
+    return bytes.fromhex(text)
 
 
 def key_to_hex(key: bytes) -> str:
