@@ -226,6 +226,15 @@ def usage_text() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _is_interface_name(word: str) -> bool:
+    return (
+        0 < len(word.encode()) < 16
+        and word not in (".", "..")
+        and not word.startswith("-")
+        and not any(c in word for c in "/: \t\n")
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; `argv` excludes the program name (default: sys.argv[1:])."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -243,8 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     if command is not None:
         return command.run(args)
 
-    # `wiresnake [-f] IFACE` (start the userspace daemon, wireguard-go's contract) will be
-    # decided here: a word that is no subcommand but a valid interface name. Until then:
+    # `wiresnake [-f] IFACE`: a word that is no subcommand but a valid interface name
+    # starts the userspace daemon, under wireguard-go's contract.
+    if args[0] in ("-f", "--foreground") or (len(args) == 1 and _is_interface_name(args[0])):
+        from wiresnake import daemon
+
+        return daemon.main(args)
     _err(f"Invalid subcommand: `{args[0]}'\n")
     _err(usage_text())
     return 1

@@ -349,9 +349,7 @@ def test_removed_peer_passes_no_traffic_and_others_keep_their_session() -> None:
 def test_hub_with_many_peers_routes_by_allowed_ips() -> None:
     lab = Lab()
     hub = lab.add_host("hub", ("192.0.2.1", 1), "10.0.0.1")
-    spokes = [
-        lab.add_host(f"s{i}", (f"192.0.2.{10 + i}", 1), f"10.0.0.{10 + i}") for i in range(5)
-    ]
+    spokes = [lab.add_host(f"s{i}", (f"192.0.2.{10 + i}", 1), f"10.0.0.{10 + i}") for i in range(5)]
     for s in spokes:
         lab.connect(hub, s)
     for s in spokes:

@@ -1,0 +1,314 @@
+"""The Linux daemon: one epoll loop joining the engine to a TUN device, UDP sockets and
+the configuration socket, with wireguard-go's command-line contract.
+
+`wiresnake [-f|--foreground] IFACE`: the parent creates the TUN and the socket, hands both
+to a re-executed child (WG_TUN_FD, WG_UAPI_FD, WG_PROCESS_FOREGROUND=1) and returns 0
+once they exist, as `wg-quick` expects. The daemon exits on SIGINT/SIGTERM, when its
+interface is deleted and when its socket file is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from wiresnake.io.tun import Tun, TunGone
+from wiresnake.io.uapisock import SocketInUse, open_listener, socket_path
+from wiresnake.io.udp import UdpSockets
+from wiresnake.protocol.device import Device, Output
+from wiresnake.uapi import UapiSession
+
+__all__ = ["Daemon", "Logger", "main"]
+
+_HOUSEKEEPING = 1.0
+
+
+class Logger:
+    """wireguard-go's LOG_LEVEL: verbose (or debug), error (the default), silent."""
+
+    def __init__(self, iface: str, level: str | None = None) -> None:
+        level = (level if level is not None else os.environ.get("LOG_LEVEL", "error")).lower()
+        self.verbose_on = level in ("verbose", "debug")
+        self.error_on = level != "silent"
+        self.iface = iface
+
+    def _write(self, tag: str, msg: str) -> None:
+        stamp = time.strftime("%Y/%m/%d %H:%M:%S")
+        with contextlib.suppress(OSError, ValueError):
+            print(f"{tag}: ({self.iface}) {stamp} {msg}", file=sys.stderr, flush=True)
+
+    def verbose(self, msg: str) -> None:
+        if self.verbose_on:
+            self._write("DEBUG", msg)
+
+    def error(self, msg: str) -> None:
+        if self.error_on:
+            self._write("ERROR", msg)
+
+
+class _Client:
+    __slots__ = ("session", "sock")
+
+    def __init__(self, sock: socket.socket, session: UapiSession) -> None:
+        self.sock = sock
+        self.session = session
+
+
+class Daemon:
+    """Implements `uapi.UapiHost` for the sessions it serves."""
+
+    def __init__(self, tun: Tun, listener: socket.socket, sock_path: str, log: Logger) -> None:
+        self.tun = tun
+        self.listener = listener
+        self.sock_path = sock_path
+        self.log = log
+        self.device = Device(mtu=tun.mtu(), wall_offset=time.time() - time.monotonic())
+        self.udp = UdpSockets(0)
+        self.device.listen_port = self.udp.port
+        self.sel = selectors.EpollSelector()
+        self.stopping = False
+        self.exit_reason = ""
+        self._sock_inode = os.stat(sock_path).st_ino if os.path.exists(sock_path) else None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    # ---------------------------------------------------------------- UapiHost
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def set_listen_port(self, port: int) -> None:
+        for s in self.udp.sockets():
+            self.sel.unregister(s)
+        try:
+            self.udp.bind(port)
+        finally:
+            for s in self.udp.sockets():
+                self.sel.register(s, selectors.EVENT_READ, self._udp_reader(s))
+        self.device.listen_port = self.udp.port
+        self.log.verbose(f"UDP bind has been updated: port {self.udp.port}")
+
+    def set_fwmark(self, mark: int) -> None:
+        self.udp.set_fwmark(mark)
+        self.device.fwmark = mark
+
+    # ---------------------------------------------------------------- loop
+
+    def stop(self, reason: str) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.exit_reason = reason
+
+    def _act(self, out: Output) -> None:
+        if out.datagrams:
+            self.udp.send_batch(out.datagrams)
+        if out.packets:
+            refused = self.tun.write_batch(out.packets)
+            if refused:
+                self.device.counters["tunnel_write_failed"] += refused
+
+    def _on_tun(self, _mask: int) -> None:
+        try:
+            packets = self.tun.read_batch()
+        except TunGone:
+            self.stop("interface deleted")
+            return
+        if packets:
+            self._act(self.device.from_tunnel(packets, time.monotonic()))
+
+    def _udp_reader(self, sock: socket.socket) -> Callable[[int], None]:
+        def read(_mask: int) -> None:
+            datagrams = UdpSockets.recv_batch(sock)
+            if datagrams:
+                try:
+                    self._act(self.device.from_network(datagrams, time.monotonic()))
+                except TunGone:
+                    self.stop("interface deleted")
+
+        return read
+
+    def _on_accept(self, _mask: int) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self.log.error(f"UAPI listener failed: {e}")
+            self.stop("configuration socket failed")
+            return
+        conn.setblocking(False)
+        client = _Client(conn, UapiSession(self, self.log.error))
+        self.sel.register(conn, selectors.EVENT_READ, lambda m: self._on_client(client))
+
+    def _on_client(self, client: _Client) -> None:
+        try:
+            data = client.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        reply = client.session.feed(data) if data else b""
+        if reply:
+            try:
+                # answers are small; a stalled reader only loses its own answer
+                client.sock.setblocking(True)
+                client.sock.settimeout(2.0)
+                client.sock.sendall(reply)
+                client.sock.setblocking(False)
+            except OSError:
+                client.session.closed = True
+        if not data or client.session.closed:
+            self.sel.unregister(client.sock)
+            client.sock.close()
+
+    def _on_wake(self, _mask: int) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_r.recv(4096)
+
+    def _housekeeping(self) -> None:
+        try:
+            mtu = self.tun.mtu()
+        except TunGone:
+            self.stop("interface deleted")
+            return
+        self.device.mtu = mtu
+        try:
+            inode = os.stat(self.sock_path).st_ino
+        except FileNotFoundError:
+            inode = None
+        if inode != self._sock_inode:
+            self.stop("configuration socket removed")
+
+    def run(self) -> int:
+        sel = self.sel
+        sel.register(self.tun.fd, selectors.EVENT_READ, self._on_tun)
+        sel.register(self.listener, selectors.EVENT_READ, self._on_accept)
+        sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        for s in self.udp.sockets():
+            sel.register(s, selectors.EVENT_READ, self._udp_reader(s))
+
+        def on_signal(signum: int, _frame: object) -> None:
+            self.stop(f"signal {signal.Signals(signum).name}")
+
+        old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno())
+        old_term = signal.signal(signal.SIGTERM, on_signal)
+        old_int = signal.signal(signal.SIGINT, on_signal)
+        self.log.verbose("Device started")
+        next_housekeeping = time.monotonic() + _HOUSEKEEPING
+        try:
+            while not self.stopping:
+                now = time.monotonic()
+                deadline = self.device.next_deadline()
+                timeout = next_housekeeping - now
+                if deadline is not None:
+                    timeout = min(timeout, deadline - now)
+                for key, mask in sel.select(max(timeout, 0.0)):
+                    key.data(mask)
+                    if self.stopping:
+                        break
+                now = time.monotonic()
+                deadline = self.device.next_deadline()
+                if deadline is not None and deadline <= now:
+                    self._act(self.device.tick(now))
+                if now >= next_housekeeping:
+                    next_housekeeping = now + _HOUSEKEEPING
+                    self._housekeeping()
+        except TunGone:
+            self.stop("interface deleted")
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            signal.signal(signal.SIGTERM, old_term)
+            signal.signal(signal.SIGINT, old_int)
+            self.log.verbose(f"Shutting down: {self.exit_reason}")
+            self.close()
+        return 0
+
+    def close(self) -> None:
+        for key in list(self.sel.get_map().values()):
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(key.fileobj)
+        self.sel.close()
+        self.udp.close()
+        self.listener.close()
+        # remove our socket file, but never one a newer process put in its place
+        with contextlib.suppress(OSError):
+            if os.stat(self.sock_path).st_ino == self._sock_inode:
+                os.unlink(self.sock_path)
+        self.tun.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+USAGE = "Usage: wiresnake [-f/--foreground] INTERFACE-NAME\n"
+
+
+def main(argv: list[str]) -> int:
+    """`wiresnake [-f|--foreground] IFACE`, the wireguard-go contract."""
+    foreground = False
+    args = list(argv)
+    if args and args[0] in ("-f", "--foreground"):
+        foreground = True
+        args = args[1:]
+    if len(args) != 1 or args[0].startswith("-"):
+        sys.stderr.write(USAGE)
+        return 1
+    name = args[0]
+    if os.environ.get("WG_PROCESS_FOREGROUND") == "1":
+        foreground = True
+    log = Logger(name)
+    try:
+        tun_fd = os.environ.get("WG_TUN_FD")
+        tun = Tun(int(tun_fd)) if tun_fd else Tun.create(name)
+    except (OSError, ValueError) as e:
+        log.error(f"Failed to create TUN device: {e}")
+        return 1
+    name = tun.name
+    log.iface = name
+    try:
+        uapi_fd = os.environ.get("WG_UAPI_FD")
+        if uapi_fd:
+            listener = socket.socket(fileno=int(uapi_fd))
+            listener.setblocking(False)
+        else:
+            listener = open_listener(name)
+    except (OSError, ValueError, SocketInUse) as e:
+        log.error(f"UAPI listen error: {e}")
+        tun.close()
+        return 1
+    if not foreground:
+        env = dict(os.environ)
+        env.update(
+            WG_TUN_FD=str(tun.fd),
+            WG_UAPI_FD=str(listener.fileno()),
+            WG_PROCESS_FOREGROUND="1",
+        )
+        quiet = not log.error_on or "LOG_LEVEL" not in os.environ
+        out = subprocess.DEVNULL if quiet else None
+        try:
+            subprocess.Popen(
+                [sys.executable, "-m", "wiresnake", name],
+                env=env,
+                pass_fds=(tun.fd, listener.fileno()),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        except OSError as e:
+            log.error(f"Failed to daemonize: {e}")
+            return 1
+        return 0
+    try:
+        daemon = Daemon(tun, listener, socket_path(name), log)
+    except OSError as e:
+        log.error(f"Failed to start: {e}")
+        return 1
+    return daemon.run()

@@ -1,0 +1,1 @@
+"""Linux I/O for the engine: TUN devices, UDP sockets, the configuration socket."""

@@ -1,0 +1,53 @@
+"""The configuration socket, /var/run/wireguard/<iface>.sock, created as wireguard-go does."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+
+__all__ = ["SOCKET_DIR", "SocketInUse", "open_listener", "socket_path"]
+
+SOCKET_DIR = "/var/run/wireguard"
+
+
+class SocketInUse(Exception):
+    """Another live process already serves this interface's socket."""
+
+
+def socket_path(iface: str, directory: str = SOCKET_DIR) -> str:
+    return os.path.join(directory, f"{iface}.sock")
+
+
+def open_listener(iface: str, directory: str = SOCKET_DIR) -> socket.socket:
+    """Listen on the interface's socket (mode 0600 via umask 077). A socket file left by a
+    process that died (connect() refused) is replaced; a live one is an error."""
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    path = socket_path(iface, directory)
+    old_umask = os.umask(0o077)
+    try:
+        for _attempt in range(2):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.bind(path)
+                sock.listen(16)
+                sock.setblocking(False)
+                return sock
+            except OSError as e:
+                sock.close()
+                if e.errno != errno.EADDRINUSE:
+                    raise
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                continue
+            finally:
+                probe.close()
+            raise SocketInUse(f"{path} is in use by a running process")
+        raise SocketInUse(f"{path} could not be created")
+    finally:
+        os.umask(old_umask)

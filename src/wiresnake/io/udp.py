@@ -1,0 +1,107 @@
+"""The UDP side: one IPv4 and one IPv6 socket on the same port, read and written in batches."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+
+from wiresnake.protocol.peer import Endpoint
+
+__all__ = ["UdpSockets"]
+
+_SO_MARK = 36
+
+
+class UdpSockets:
+    """Sockets for the device's listen port; port 0 picks a free one for both families."""
+
+    def __init__(self, port: int = 0, fwmark: int = 0) -> None:
+        self.v4: socket.socket | None = None
+        self.v6: socket.socket | None = None
+        self.port = 0
+        self.fwmark = fwmark
+        self.send_errors = 0
+        self.bind(port)
+
+    def sockets(self) -> list[socket.socket]:
+        return [s for s in (self.v4, self.v6) if s is not None]
+
+    def _open(self, family: int, port: int) -> socket.socket:
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if self.fwmark:
+                s.setsockopt(socket.SOL_SOCKET, _SO_MARK, self.fwmark)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+            s.setblocking(False)
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+    def bind(self, port: int) -> None:
+        """(Re)bind both families to `port`; on failure the old sockets stay in place."""
+        for _attempt in range(16):
+            v4 = self._open(socket.AF_INET, port)
+            chosen = v4.getsockname()[1]
+            try:
+                v6: socket.socket | None = self._open(socket.AF_INET6, chosen)
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE and port == 0:
+                    v4.close()
+                    continue  # the v4 port is taken on v6: pick another pair
+                if e.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                    v6 = None  # no IPv6 here: carry on with IPv4 alone
+                else:
+                    v4.close()
+                    raise
+            self.close()
+            self.v4, self.v6, self.port = v4, v6, chosen
+            return
+        raise OSError(errno.EADDRINUSE, "no port free on both IPv4 and IPv6")
+
+    def set_fwmark(self, mark: int) -> None:
+        for s in self.sockets():
+            s.setsockopt(socket.SOL_SOCKET, _SO_MARK, mark)
+        self.fwmark = mark
+
+    @staticmethod
+    def recv_batch(sock: socket.socket, limit: int = 64) -> list[tuple[Endpoint, bytes]]:
+        out: list[tuple[Endpoint, bytes]] = []
+        recv = sock.recvfrom
+        v6 = sock.family == socket.AF_INET6
+        try:
+            for _ in range(limit):
+                data, addr = recv(65536)
+                host: str = addr[0]
+                if v6 and host.startswith("::ffff:") and "." in host:
+                    host = host[7:]
+                out.append(((host, addr[1]), data))
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            # ICMP errors surface here (e.g. ECONNREFUSED); they are not fatal
+            pass
+        return out
+
+    def send_batch(self, datagrams: list[tuple[Endpoint, bytes]]) -> None:
+        v4, v6 = self.v4, self.v6
+        for endpoint, data in datagrams:
+            sock = v6 if ":" in endpoint[0] else v4
+            if sock is None:
+                self.send_errors += 1
+                continue
+            try:
+                sock.sendto(data, endpoint)
+            except OSError:
+                self.send_errors += 1
+
+    def close(self) -> None:
+        for s in self.sockets():
+            with contextlib.suppress(OSError):
+                s.close()
+        self.v4 = self.v6 = None
