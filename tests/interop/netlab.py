@@ -1,0 +1,270 @@
+"""Hosts made of network namespaces and veth pairs, torn down always.
+
+Everything a `NetLab` creates (namespaces, the veths and TUNs inside them, the daemons it
+started) is removed when the `with` block ends, even on failure. Processes are ended by
+the PID we started; interface names are unique per lab because the configuration
+sockets in /var/run/wireguard are shared by all namespaces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+SOCKET_DIR = Path("/var/run/wireguard")
+
+
+def require_root_and_tools(*tools: str) -> None:
+    """Skip (with the reason) where the machine truly lacks what the test needs."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    if not Path("/dev/net/tun").exists():
+        pytest.skip("no /dev/net/tun on this machine")
+    for tool in ("ip", *tools):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (CI installs it)")
+
+
+def wiresnake_cmd() -> list[str]:
+    return [sys.executable, "-m", "wiresnake"]
+
+
+class Host:
+    def __init__(self, lab: NetLab, name: str) -> None:
+        self.lab = lab
+        self.name = name
+        self.ns = f"{lab.prefix}{name}"
+
+    def cmd(self, args: Sequence[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.ns, *args]
+
+    def run(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}")
+        res = subprocess.run(
+            self.cmd(args), capture_output=True, text=True, input=input, timeout=timeout, env=env
+        )
+        if check and res.returncode != 0:
+            raise AssertionError(
+                f"{self.name}: {' '.join(args)} -> {res.returncode}\n{res.stdout}{res.stderr}"
+            )
+        return res
+
+    def popen(self, *args: str, **kw: object) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}")
+        env.update(kw.pop("env", {}))  # type: ignore[arg-type]
+        proc = subprocess.Popen(self.cmd(args), env=env, **kw)  # type: ignore[call-overload]
+        self.lab.processes.append(proc)
+        return proc  # type: ignore[no-any-return]
+
+    def wg(self, *args: str, input: str | None = None) -> str:
+        return self.run("wg", *args, input=input).stdout
+
+    def ping(self, address: str, count: int = 3, wait: float = 5) -> bool:
+        res = self.run(
+            "ping",
+            "-c",
+            str(count),
+            "-i",
+            "0.2",
+            "-W",
+            str(wait),
+            address,
+            check=False,
+            timeout=count * 0.2 + wait + 10,
+        )
+        return res.returncode == 0
+
+
+class NetLab:
+    """`with NetLab() as lab:` then `lab.host("a")`, `lab.link(a, b, ...)`, daemons."""
+
+    _serial = itertools.count()
+
+    def __init__(self) -> None:
+        # short: interface names are at most 15 bytes
+        self.prefix = f"w{secrets.token_hex(2)}{next(self._serial)}"
+        self.hosts: list[Host] = []
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.sockets: list[Path] = []
+        self._ifaces = itertools.count()
+
+    def __enter__(self) -> NetLab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def iface(self, stem: str = "wg") -> str:
+        name = f"{self.prefix}{stem}{next(self._ifaces)}"
+        assert len(name) < 16, name
+        return name
+
+    def host(self, name: str) -> Host:
+        h = Host(self, name)
+        subprocess.run(["ip", "netns", "add", h.ns], check=True)
+        self.hosts.append(h)
+        h.run("ip", "link", "set", "lo", "up")
+        return h
+
+    def link(
+        self, a: Host, b: Host, addr_a: str, addr_b: str, *, v6: tuple[str, str] | None = None
+    ) -> tuple[str, str]:
+        """A veth pair between two hosts with /24 addresses (and optional /64 v6 ones)."""
+        ea, eb = self.iface("v"), self.iface("v")
+        subprocess.run(
+            [
+                "ip",
+                "link",
+                "add",
+                ea,
+                "netns",
+                a.ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                eb,
+                "netns",
+                b.ns,
+            ],
+            check=True,
+        )
+        for h, dev, addr in ((a, ea, addr_a), (b, eb, addr_b)):
+            h.run("ip", "addr", "add", f"{addr}/24", "dev", dev)
+            h.run("ip", "link", "set", dev, "up")
+        if v6:
+            for h, dev, addr in ((a, ea, v6[0]), (b, eb, v6[1])):
+                h.run("ip", "addr", "add", f"{addr}/64", "dev", dev, "nodad")
+        return ea, eb
+
+    def _wait_socket(self, name: str, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+        path = SOCKET_DIR / f"{name}.sock"
+        self.sockets.append(path)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if path.exists():
+                return
+            if proc.poll() is not None:
+                raise AssertionError(f"daemon for {name} exited with {proc.returncode}")
+            time.sleep(0.02)
+        raise AssertionError(f"no configuration socket for {name}")
+
+    def start_wiresnake(
+        self, host: Host, name: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        proc = host.popen(*wiresnake_cmd(), "-f", name, env=env or {})
+        self._wait_socket(name, proc)
+        return proc
+
+    def start_wireguard_go(self, host: Host, name: str) -> subprocess.Popen[bytes]:
+        proc = host.popen("wireguard-go", "-f", name, env={"LOG_LEVEL": "error"})
+        self._wait_socket(name, proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 10) -> int:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        return proc.returncode
+
+    def close(self) -> None:
+        for proc in self.processes:
+            with contextlib.suppress(Exception):
+                self.stop(proc)
+        for h in self.hosts:
+            subprocess.run(["ip", "netns", "del", h.ns], capture_output=True)
+        for path in self.sockets:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+@contextlib.contextmanager
+def netlab() -> Iterator[NetLab]:
+    lab = NetLab()
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+def genkey() -> tuple[str, str]:
+    priv = subprocess.run(
+        [*wiresnake_cmd(), "genkey"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    pub = subprocess.run(
+        [*wiresnake_cmd(), "pubkey"], input=priv, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return priv, pub
+
+
+class WgIface:
+    """One WireGuard interface inside a host, configured with the real `wg`."""
+
+    def __init__(
+        self, lab: NetLab, host: Host, impl: str, tunnel_v4: str, tunnel_v6: str, port: int = 51820
+    ) -> None:
+        self.lab, self.host, self.impl = lab, host, impl
+        self.name = lab.iface(impl[:2])
+        self.private, self.public = genkey()
+        self.tunnel_v4, self.tunnel_v6 = tunnel_v4, tunnel_v6
+        self.port = port
+        self.proc = self.start()
+        host.wg(
+            "set",
+            self.name,
+            "private-key",
+            "/dev/stdin",
+            "listen-port",
+            str(port),
+            input=self.private,
+        )
+        host.run("ip", "addr", "add", f"{tunnel_v4}/24", "dev", self.name)
+        host.run("ip", "addr", "add", f"{tunnel_v6}/64", "dev", self.name, "nodad")
+        host.run("ip", "link", "set", self.name, "up")
+
+    def start(self) -> subprocess.Popen[bytes]:
+        if self.impl == "wiresnake":
+            return self.lab.start_wiresnake(self.host, self.name)
+        return self.lab.start_wireguard_go(self.host, self.name)
+
+    def add_peer(self, other: WgIface, endpoint: str | None = None, *extra: str) -> None:
+        args = [
+            "set",
+            self.name,
+            "peer",
+            other.public,
+            "allowed-ips",
+            f"{other.tunnel_v4}/32,{other.tunnel_v6}/128",
+        ]
+        if endpoint:
+            args += ["endpoint", endpoint]
+        self.host.wg(*args, *extra)
+
+    def dump(self) -> list[list[str]]:
+        """`wg show IFACE dump` rows: the interface, then one per peer."""
+        return [line.split("\t") for line in self.host.wg("show", self.name, "dump").splitlines()]
+
+    def peer_row(self, public: str) -> list[str]:
+        for row in self.dump()[1:]:
+            if row[0] == public:
+                return row
+        raise AssertionError(f"no peer {public} on {self.name}")

@@ -1,0 +1,112 @@
+"""wiresnake against wireguard-go, each in its own namespace, configured with the real `wg`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from netlab import NetLab, WgIface, require_root_and_tools
+
+pytestmark = [pytest.mark.netns, pytest.mark.interop]
+
+BLAST = str(Path(__file__).with_name("tcpblast.py"))
+
+
+class Pair:
+    def __init__(self, lab: NetLab, impl_b: str = "wireguard-go") -> None:
+        self.lab = lab
+        self.ha, self.hb = lab.host("a"), lab.host("b")
+        lab.link(self.ha, self.hb, "192.168.50.1", "192.168.50.2")
+        self.a = WgIface(lab, self.ha, "wiresnake", "10.50.0.1", "fd50::1")
+        self.b = WgIface(lab, self.hb, impl_b, "10.50.0.2", "fd50::2")
+
+    def connect(self, *extra_a: str, endpoint_a: bool = True, endpoint_b: bool = True) -> None:
+        self.a.add_peer(self.b, "192.168.50.2:51820" if endpoint_a else None, *extra_a)
+        self.b.add_peer(self.a, "192.168.50.1:51820" if endpoint_b else None)
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    require_root_and_tools("wg", "wireguard-go", "ping")
+    with NetLab() as lab:
+        yield Pair(lab)
+
+
+def test_wiresnake_initiates_and_pings_over_ipv4_and_ipv6(pair: Pair) -> None:
+    pair.connect()
+    assert pair.ha.ping("10.50.0.2")
+    assert pair.ha.ping("fd50::2")
+    assert pair.hb.ping("10.50.0.1")
+
+
+def test_wireguard_go_initiates_and_wiresnake_answers(pair: Pair) -> None:
+    pair.connect(endpoint_a=False)
+    assert pair.hb.ping("10.50.0.1")
+    assert pair.ha.ping("fd50::2")
+    # wiresnake learned wireguard-go's endpoint from the handshake
+    assert pair.a.peer_row(pair.b.public)[2] == "192.168.50.2:51820"
+
+
+def test_wg_show_byte_counters_agree_exactly_with_wireguard_go(pair: Pair) -> None:
+    pair.connect()
+    assert pair.ha.ping("10.50.0.2", count=5)
+    time.sleep(0.5)
+    a_row, b_row = pair.a.peer_row(pair.b.public), pair.b.peer_row(pair.a.public)
+    # dump: public-key psk endpoint allowed-ips latest-handshake rx tx keepalive
+    assert int(a_row[5]) == int(b_row[6]) > 0
+    assert int(a_row[6]) == int(b_row[5]) > 0
+    assert abs(int(a_row[4]) - time.time()) < 30
+    assert a_row[3] == "10.50.0.2/32,fd50::2/128"
+    assert pair.a.dump()[0][2] == "51820"
+
+
+def test_preshared_key_on_both_sides(pair: Pair) -> None:
+    psk = subprocess.run(
+        [sys.executable, "-m", "wiresnake", "genpsk"], capture_output=True, text=True, check=True
+    ).stdout
+    pair.connect()
+    for iface, other in ((pair.a, pair.b), (pair.b, pair.a)):
+        iface.host.wg(
+            "set", iface.name, "peer", other.public, "preshared-key", "/dev/stdin", input=psk
+        )
+    assert pair.ha.ping("10.50.0.2")
+
+
+def test_preshared_key_mismatch_passes_nothing(pair: Pair) -> None:
+    pair.connect()
+    pair.a.host.wg(
+        "set",
+        pair.a.name,
+        "peer",
+        pair.b.public,
+        "preshared-key",
+        "/dev/stdin",
+        input="Aa" * 21 + "A=\n",
+    )
+    assert not pair.ha.ping("10.50.0.2", count=2, wait=2)
+
+
+@pytest.mark.parametrize("direction", ["wiresnake->wireguard-go", "wireguard-go->wiresnake"])
+def test_100_megabytes_cross_byte_exact(pair: Pair, direction: str) -> None:
+    pair.connect()
+    src, dst, addr = (
+        (pair.ha, pair.hb, "10.50.0.2")
+        if direction.startswith("wiresnake")
+        else (pair.hb, pair.ha, "10.50.0.1")
+    )
+    server = dst.popen(
+        sys.executable, BLAST, "serve", addr, "5001", stdout=subprocess.PIPE, text=True
+    )
+    assert server.stdout is not None
+    assert server.stdout.readline().strip() == "ready"
+    sent = src.run(
+        sys.executable, BLAST, "send", addr, "5001", str(100 << 20), "7", timeout=240
+    ).stdout.split()
+    got = server.stdout.readline().split()
+    server.wait(30)
+    assert sent == got and int(got[0]) == 100 << 20
