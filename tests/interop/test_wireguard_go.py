@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from netlab import NetLab, WgIface, require_root_and_tools
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
