@@ -70,6 +70,8 @@ def parse_endpoint(text: str) -> Endpoint:
         host, sep, port = text.rpartition(":")
         if not sep:
             raise ValueError(f"endpoint {text!r} lacks ':port'")
+        if ":" in host:
+            raise ValueError(f"endpoint {text!r}: an IPv6 address needs [brackets]")
     try:
         addr = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:

@@ -17,12 +17,15 @@ import heapq
 import ipaddress
 import itertools
 import os
+import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from wiresnake.crypto import (
     NONCE,
+    ChaCha20Poly1305,
     CryptoError,
     InvalidTag,
     PrivateKey,
@@ -67,6 +70,7 @@ from wiresnake.protocol.messages import (
 )
 from wiresnake.protocol.peer import Endpoint, Peer
 from wiresnake.protocol.ratelimiter import Ratelimiter
+from wiresnake.protocol.replay import ReplayWindow
 from wiresnake.protocol.settings import DeviceConfig, Network, PeerConfig
 
 __all__ = ["Datagram", "Device", "Output"]
@@ -77,6 +81,13 @@ _PAD = bytes(PADDING_MULTIPLE)
 _PACK_HEADER = TRANSPORT_HEADER.pack
 _UNPACK_HEADER = TRANSPORT_HEADER.unpack_from
 _PACK_NONCE = NONCE.pack
+# the parts of inner IP headers the receive path checks: (first byte, total length, source)
+# for IPv4 and (payload length, source) for IPv6
+_UNPACK_V4 = struct.Struct("!BxH8x4s").unpack_from
+_UNPACK_V6 = struct.Struct("!4xH2x16s").unpack_from
+_NO_PEER = Peer(bytes(32))
+_NO_AEAD = ChaCha20Poly1305(bytes(32))
+_NO_PEER_REPLAY = ReplayWindow()
 _HANDSHAKE_SIZES = {
     TYPE_INITIATION.to_bytes(4, "little"): INITIATION_SIZE,
     TYPE_RESPONSE.to_bytes(4, "little"): RESPONSE_SIZE,
@@ -271,6 +282,9 @@ class Device:
         lookup = self.allowed_ips.lookup
         batches: dict[Peer, list[bytes]] = {}
         counters = self.counters
+        mtu = self.mtu
+        last_dst = b""
+        batch: list[bytes] = []
         for pkt in packets:
             n = len(pkt)
             if n < 20:
@@ -284,26 +298,27 @@ class Device:
             else:
                 counters["tunnel_malformed"] += 1
                 continue
-            if n > self.mtu:
+            if n > mtu:
                 counters["tunnel_oversize"] += 1
                 continue
-            peer = lookup(dst)
-            if peer is None:
-                counters["no_route"] += 1
-                continue
-            batch = batches.get(peer)
-            if batch is None:
-                batches[peer] = [pkt]
-            else:
-                batch.append(pkt)
-        for peer, batch in batches.items():
-            self._stage(peer, batch)
+            if dst != last_dst:
+                # a run of packets to one destination costs one look-up
+                peer = lookup(dst)
+                if peer is None:
+                    counters["no_route"] += 1
+                    last_dst = b""
+                    continue
+                last_dst = dst
+                found = batches.get(peer)
+                if found is None:
+                    found = batches[peer] = []
+                batch = found
+            batch.append(pkt)
+        for peer, pkts in batches.items():
+            peer.staged.extend(pkts)
             self._send_staged(peer, now, out)
             self._reschedule(peer)
         return out
-
-    def _stage(self, peer: Peer, packets: list[bytes]) -> None:
-        peer.staged.extend(packets)
 
     def _send_staged(self, peer: Peer, now: float, out: Output) -> None:
         staged = peer.staged
@@ -323,48 +338,56 @@ class Device:
                 self.counters["staged_dropped"] += excess
             self._initiate(peer, now, out, retry=False)
             return
-        endpoint = peer.endpoint
-        if endpoint is None:
+        if peer.endpoint is None:
             self.counters["no_endpoint"] += len(staged)
             staged.clear()
             return
+        room = REJECT_AFTER_MESSAGES - kp.send_counter
+        if len(staged) <= room:
+            packets = list(staged)
+            staged.clear()
+        else:
+            packets = [staged.popleft() for _ in range(room)]
+        self._seal(peer, kp, packets, out)
+        self._packet_sent(peer, now)
+        if any(packets) and peer.new_handshake_at is None:
+            # expect an answer; if none comes, the session may be dead (section 6.5)
+            peer.new_handshake_at = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
+        if (
+            staged
+            or kp.send_counter > REKEY_AFTER_MESSAGES
+            or (kp.initiator and now - kp.created > REKEY_AFTER_TIME)
+        ):
+            # worn keys: renew them; anything left over waits for the new session
+            self._initiate(peer, now, out, retry=False)
+
+    def _seal(self, peer: Peer, kp: Keypair, packets: list[bytes], out: Output) -> None:
+        """Encrypt `packets` into transport messages; the counter stays below the limit."""
+        assert peer.endpoint is not None
+        endpoint = peer.endpoint
         seal = kp.send.encrypt
         remote = kp.remote_index
         counter = kp.send_counter
-        limit = REJECT_AFTER_MESSAGES
         mtu = self.mtu
-        datagrams = out.datagrams
+        append = out.datagrams.append
         sent = 0
-        data_sent = False
-        while staged:
-            if counter >= limit:
-                break
-            pkt = staged.popleft()
+        for pkt in packets:
             n = len(pkt)
-            if n:
-                data_sent = True
-                pad = -n % PADDING_MULTIPLE
+            pad = -n & 15
+            if pad:
+                # pad to 16 bytes, but never past the MTU
                 if n + pad > mtu:
-                    pad = max(0, mtu - n)
-                if pad:
-                    pkt = pkt + _PAD[:pad]
+                    pad = mtu - n
+                if pad > 0:
+                    pkt += _PAD[:pad]
             msg = _PACK_HEADER(TYPE_TRANSPORT, remote, counter) + seal(
                 _PACK_NONCE(counter), pkt, None
             )
             counter += 1
             sent += len(msg)
-            datagrams.append((endpoint, msg))
+            append((endpoint, msg))
         kp.send_counter = counter
         peer.tx_bytes += sent
-        self._packet_sent(peer, now)
-        if data_sent and peer.new_handshake_at is None:
-            # expect an answer; if none comes, the session may be dead (section 6.5)
-            peer.new_handshake_at = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
-        if staged:  # counter exhausted mid-batch: the rest waits for new keys
-            self._initiate(peer, now, out, retry=False)
-            return
-        if counter > REKEY_AFTER_MESSAGES or (kp.initiator and now - kp.created > REKEY_AFTER_TIME):
-            self._initiate(peer, now, out, retry=False)
 
     def _packet_sent(self, peer: Peer, now: float) -> None:
         # any authenticated packet sent: persistent keepalive restarts, passive one is moot
@@ -386,12 +409,20 @@ class Device:
         counters = self.counters
         lookup = self.allowed_ips.lookup
         handshakes: list[Datagram] = []
-        # peer -> (source of its latest packet, whether data arrived)
-        seen: dict[Peer, tuple[Endpoint, bool]] = {}
-        last_kp: Keypair | None = None
+        # peer -> [source of its latest packet, whether data arrived]
+        seen: dict[Peer, list[Any]] = {}
+        # state of the current run of packets on one keypair from one source
+        last_index = -1
+        last_src: Endpoint | None = None
+        allowed_source = b""
+        # placeholders until the first transport packet; last_index == -1 forces a look-up
+        peer = _NO_PEER
+        entry: list[Any] = []
+        open_ = _NO_AEAD.decrypt
+        validate = _NO_PEER_REPLAY.validate
         for src, data in datagrams:
             n = len(data)
-            if n < 32 or data[0] != TYPE_TRANSPORT:
+            if n < 32:
                 # only well-framed handshake messages reach the handshake path and count
                 # towards load, as the reference checks sizes before queueing them
                 if _HANDSHAKE_SIZES.get(data[:4]) == n:
@@ -401,58 +432,69 @@ class Device:
                 continue
             kind, index, counter = _UNPACK_HEADER(data)
             if kind != TYPE_TRANSPORT:
-                counters["malformed"] += 1
+                if _HANDSHAKE_SIZES.get(data[:4]) == n:
+                    handshakes.append((src, data))
+                else:
+                    counters["malformed"] += 1
                 continue
-            kp = keypairs.get(index)
-            if kp is None:
-                counters["unknown_index"] += 1
-                continue
-            if counter >= REJECT_AFTER_MESSAGES:
-                counters["invalid_counter"] += 1
-                continue
-            if now - kp.created >= REJECT_AFTER_TIME:
-                counters["expired_keypair"] += 1
-                continue
+            if index != last_index:
+                kp = keypairs.get(index)
+                if kp is None:
+                    counters["unknown_index"] += 1
+                    continue
+                if now - kp.created >= REJECT_AFTER_TIME:
+                    counters["expired_keypair"] += 1
+                    continue
+                last_index = index
+                open_ = kp.receive.decrypt
+                validate = kp.replay.validate
+                peer = kp.peer
+                last_src = None
+                allowed_source = b""
+                if kp is peer.next:
+                    self._confirm(peer, kp, now)
             try:
-                pt = kp.receive.decrypt(_PACK_NONCE(counter), data[16:], None)
+                pt = open_(_PACK_NONCE(counter), data[16:], None)
             except InvalidTag:
                 counters["decrypt_failed"] += 1
                 continue
-            if not kp.replay.validate(counter):
+            if not validate(counter):  # also refuses counters past REJECT_AFTER_MESSAGES
                 counters["replayed"] += 1
                 continue
-            peer = kp.peer
-            if kp is not last_kp:
-                last_kp = kp
-                if kp is peer.next:
-                    self._confirm(peer, kp, now)
             peer.rx_bytes += n
-            if not pt:
-                if peer not in seen:
-                    seen[peer] = (src, False)
+            if src != last_src:
+                last_src = src
+                found = seen.get(peer)
+                if found is None:
+                    found = seen[peer] = [src, False]
                 else:
-                    seen[peer] = (src, seen[peer][1])
-                continue
-            seen[peer] = (src, True)
-            version = pt[0] >> 4
+                    found[0] = src
+                entry = found
             m = len(pt)
-            if version == 4 and m >= 20:
-                total = (pt[2] << 8) | pt[3]
-                source = pt[12:16]
+            if m < 20:
+                if m:
+                    counters["inner_malformed"] += 1
+                continue  # else a keepalive
+            entry[1] = True
+            first, total, source = _UNPACK_V4(pt)
+            if first >> 4 == 4:
                 if total < 20:
                     total = m + 1
-            elif version == 6 and m >= 40:
-                total = 40 + ((pt[4] << 8) | pt[5])
-                source = pt[8:24]
+            elif first >> 4 == 6 and m >= 40:
+                total, source = _UNPACK_V6(pt)
+                total += 40
             else:
                 counters["inner_malformed"] += 1
                 continue
             if total > m:
                 counters["inner_malformed"] += 1
                 continue
-            if lookup(source) is not peer:
-                counters["inner_source_not_allowed"] += 1
-                continue
+            if source != allowed_source:
+                # cryptokey routing: the inner source must be one of this peer's
+                if lookup(source) is not peer:
+                    counters["inner_source_not_allowed"] += 1
+                    continue
+                allowed_source = source
             packets.append(pt if total == m else pt[:total])
         for peer, (src, data_received) in seen.items():
             self._authenticated_receive(peer, src, now, out)
