@@ -5,7 +5,10 @@
 called with the argument list that starts at its own name (so one function can serve two
 names, as `genkey` and `genpsk` do). Key tools are byte for byte like wireguard-tools'
 `wg genkey`, `wg genpsk` and `wg pubkey`: same output, same messages (with "wiresnake"
-where `wg` prints its own name), same exit codes.
+where `wg` prints its own name), same exit codes. So are `show`, `showconf`, `set`,
+`setconf`, `addconf` and `syncconf` (and a bare `wiresnake`, which is `show`), which talk to
+the configuration socket through `wgctl`; configuration files are read by `config`, and a bad
+one is reported as `FILE:LINE: ...` before anything is sent.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import errno
 import os
 import stat
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import BinaryIO, Final, NamedTuple
 
-from wiresnake import __version__
+from wiresnake import __version__, config, wgctl
 from wiresnake.crypto import (
     KEY_LEN,
     KeyFormatError,
@@ -204,11 +208,198 @@ def cmd_pubkey(argv: Sequence[str]) -> int:
 
 
 # ---------------------------------------------------------------------------------------
+# show, showconf: the device state through the configuration socket, printed as wg prints it
+
+SHOW_USAGE_TAIL: Final = (
+    "{ <interface> | all | interfaces } [public-key | private-key | listen-port | fwmark | "
+    "peers | preshared-keys | endpoints | allowed-ips | latest-handshakes | transfer | "
+    "persistent-keepalive | dump]"
+)
+
+
+def _show_usage(name: str) -> None:
+    _err(f"Usage: {PROG} {name} {SHOW_USAGE_TAIL}\n")
+
+
+def _color_mode() -> bool:
+    """wg's rule: WG_COLOR_MODE=always or never, else colour when stdout is a terminal."""
+    mode = os.environ.get("WG_COLOR_MODE")
+    if mode in ("always", "never"):
+        return mode == "always"
+    try:
+        return sys.stdout is not None and os.isatty(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _pretty(state: wgctl.DeviceState) -> str:
+    return wgctl.format_pretty(
+        state,
+        now=int(time.time()),
+        color=_color_mode(),
+        hide_keys=os.environ.get("WG_HIDE_KEYS") != "never",
+    )
+
+
+def _show_all(argv: Sequence[str]) -> int:
+    try:
+        names = wgctl.list_interfaces()
+    except wgctl.WgctlError as e:
+        _err(f"Unable to list interfaces: {e.strerror}\n")
+        return 1
+    # As wg: 1 when there were interfaces and none could be read, else 0.
+    ret = 1 if names else 0
+    for n, name in enumerate(names):
+        try:
+            state = wgctl.get(name)
+        except wgctl.WgctlError as e:
+            _err(f"Unable to access interface {name}: {e.strerror}\n")
+            continue
+        if len(argv) == 3:
+            text = wgctl.format_field(state, argv[2], with_interface=True)
+            if text is None:
+                _err(f"Invalid parameter: `{argv[2]}'\n")
+                _show_usage(argv[0])
+                return 1
+        else:
+            text = _pretty(state) + ("\n" if n + 1 < len(names) else "")
+        if _out(text):
+            return 1
+        ret = 0
+    return ret
+
+
+def cmd_show(argv: Sequence[str]) -> int:
+    """`show [IFACE | all | interfaces] [FIELD]`, byte for byte as `wg show`."""
+    if len(argv) > 3:
+        _show_usage(argv[0])
+        return 1
+    if len(argv) == 1 or argv[1] == "all":
+        return _show_all(argv)
+    if argv[1] == "interfaces":
+        if len(argv) > 2:
+            _show_usage(argv[0])
+            return 1
+        try:
+            names = wgctl.list_interfaces()
+        except wgctl.WgctlError as e:
+            _err(f"Unable to list interfaces: {e.strerror}\n")
+            return 1
+        return _out(" ".join(names) + "\n") if names else 0
+    if len(argv) == 2 and argv[1] in ("-h", "--help", "help"):
+        _show_usage(argv[0])
+        return 0
+    try:
+        state = wgctl.get(argv[1])
+    except wgctl.WgctlError as e:
+        _err(f"Unable to access interface: {e.strerror}\n")
+        return 1
+    if len(argv) == 3:
+        text = wgctl.format_field(state, argv[2])
+        if text is None:
+            _err(f"Invalid parameter: `{argv[2]}'\n")
+            _show_usage(argv[0])
+            return 1
+        return _out(text)
+    return _out(_pretty(state))
+
+
+def cmd_showconf(argv: Sequence[str]) -> int:
+    """`showconf IFACE`: the running configuration as a file for `setconf`."""
+    if len(argv) != 2:
+        return _usage(f"{argv[0]} <interface>")
+    try:
+        state = wgctl.get(argv[1])
+    except wgctl.WgctlError as e:
+        _err(f"Unable to access interface: {e.strerror}\n")
+        return 1
+    return _out(wgctl.format_showconf(state))
+
+
+# ---------------------------------------------------------------------------------------
+# set, setconf, addconf, syncconf: changes, checked whole before anything is sent
+
+SET_USAGE_TAIL: Final = (
+    "<interface> [listen-port <port>] [fwmark <mark>] [private-key <file path>] "
+    "[peer <base64 public key> [remove] [preshared-key <file path>] [endpoint <ip>:<port>] "
+    "[persistent-keepalive <interval seconds>] "
+    "[allowed-ips [+|-]<ip1>/<cidr1>[,[+|-]<ip2>/<cidr2>]...] ]..."
+)
+
+
+def _send(iface: str, lines: list[str]) -> int:
+    try:
+        wgctl.set(iface, lines)
+    except wgctl.WgctlError as e:
+        _err(f"Unable to modify interface: {e.strerror}\n")
+        return 1
+    return 0
+
+
+def cmd_set(argv: Sequence[str]) -> int:
+    """`set IFACE ...`: the arguments of `wg set`, with its messages."""
+    if len(argv) < 3:
+        return _usage(f"{argv[0]} {SET_USAGE_TAIL}")
+    try:
+        change, warnings = config.parse_set_arguments(argv[2:])
+        for warning in warnings:
+            _err(warning + "\n")
+        change = config.resolve_config(change)
+    except config.ConfigError as e:
+        _err(e.message + "\n")
+        return 1
+    return _send(argv[1], wgctl.set_lines(change))
+
+
+def cmd_setconf(argv: Sequence[str]) -> int:
+    """`setconf` (replace everything), `addconf` (add to it) and `syncconf` (change only
+    what differs, so peers that stay keep their sessions) from a `wg` configuration file."""
+    name = argv[0]
+    if len(argv) != 3:
+        return _usage(f"{name} <interface> <configuration filename>")
+    iface, path = argv[1], argv[2]
+    try:
+        cfg = config.read_config(path)
+        for warning in cfg.warnings:
+            _err(warning + "\n")
+        cfg = config.resolve_config(cfg)
+    except config.ConfigError as e:
+        _err(f"{e}\n")
+        return 1
+    if name == "addconf":
+        return _send(iface, wgctl.set_lines(cfg))
+    replace_peers = True
+    if name == "syncconf" and cfg.peers:
+        try:
+            runtime = wgctl.get(iface)
+        except wgctl.WgctlError as e:
+            _err(f"Unable to retrieve current interface configuration: {e.strerror}\n")
+            return 1
+        cfg, replace_peers = wgctl.sync_change(cfg, runtime)
+    return _send(iface, wgctl.set_lines(cfg, whole_device=True, replace_peers=replace_peers))
+
+
+# ---------------------------------------------------------------------------------------
 # Dispatch
 
 SUBCOMMANDS: Final[tuple[Subcommand, ...]] = (
-    # Later sessions add, in this table: show (also what a bare `wiresnake` runs, as with
-    # wg), showconf, set, setconf, addconf, syncconf, up, down, proxy, mesh.
+    # Later sessions add, in this table: up, down, proxy, mesh.
+    Subcommand("show", cmd_show, "Shows the current configuration and device information"),
+    Subcommand(
+        "showconf",
+        cmd_showconf,
+        "Shows the current configuration of a given WireGuard interface, for use with `setconf'",
+    ),
+    Subcommand(
+        "set",
+        cmd_set,
+        "Change the current configuration, add peers, remove peers, or change peers",
+    ),
+    Subcommand("setconf", cmd_setconf, "Applies a configuration file to a WireGuard interface"),
+    Subcommand("addconf", cmd_setconf, "Appends a configuration file to a WireGuard interface"),
+    Subcommand(
+        "syncconf", cmd_setconf, "Synchronizes a configuration file to a WireGuard interface"
+    ),
     Subcommand("genkey", cmd_genkey, "Generates a new private key and writes it to stdout"),
     Subcommand("genpsk", cmd_genkey, "Generates a new preshared key and writes it to stdout"),
     Subcommand(
@@ -244,9 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) == 1 and args[0] in ("-h", "--help", "help"):
         return _out(usage_text())
     if not args:
-        # wg runs `show` here; until `show` exists, this is a usage error.
-        _err(usage_text())
-        return 1
+        return cmd_show(["show"])  # as wg: show every interface
 
     command = _BY_NAME.get(args[0])
     if command is not None:

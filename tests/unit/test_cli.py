@@ -282,11 +282,12 @@ def test_unknown_subcommand(capsys: pytest.CaptureFixture[str], args: list[str])
     assert err == f"Invalid subcommand: `{args[0]}'\n" + cli.usage_text()
 
 
-def test_no_arguments_is_a_usage_error_until_show_exists(
-    capsys: pytest.CaptureFixture[str],
+def test_no_arguments_shows_all_interfaces_like_wg(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    assert cli.main([]) == 1
-    assert capsys.readouterr() == ("", cli.usage_text())
+    monkeypatch.setenv("WG_SOCKET_DIR", str(tmp_path))  # no interfaces there
+    assert cli.main([]) == 0
+    assert capsys.readouterr() == ("", "")
 
 
 def test_main_reads_sys_argv(

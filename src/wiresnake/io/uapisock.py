@@ -9,7 +9,8 @@ import socket
 
 __all__ = ["SOCKET_DIR", "SocketInUse", "open_listener", "socket_path"]
 
-SOCKET_DIR = "/var/run/wireguard"
+# WG_SOCKET_DIR moves it (our CLI honours it too); wg and wireguard-go use the default
+SOCKET_DIR = os.environ.get("WG_SOCKET_DIR", "/var/run/wireguard")
 
 
 class SocketInUse(Exception):
