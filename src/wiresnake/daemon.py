@@ -202,6 +202,7 @@ class Daemon:
         old_term = signal.signal(signal.SIGTERM, on_signal)
         old_int = signal.signal(signal.SIGINT, on_signal)
         self.log.verbose("Device started")
+        _signal_ready()
         next_housekeeping = time.monotonic() + _HOUSEKEEPING
         try:
             while not self.stopping:
@@ -248,6 +249,29 @@ class Daemon:
 
 
 USAGE = "Usage: wiresnake [-f/--foreground] INTERFACE-NAME\n"
+# our own addition to wireguard-go's contract: the child writes a byte here once its
+# signal handlers are in place, so the parent returns only when a SIGTERM is handled
+_READY_FD = "WIRESNAKE_READY_FD"
+
+
+def _signal_ready() -> None:
+    fd = os.environ.pop(_READY_FD, None)
+    if fd is not None:
+        with contextlib.suppress(OSError, ValueError):
+            os.write(int(fd), b"1")
+            os.close(int(fd))
+
+
+def _wait_ready(fd: int, timeout: float = 10.0) -> bool:
+    sel = selectors.DefaultSelector()
+    sel.register(fd, selectors.EVENT_READ)
+    try:
+        if not sel.select(timeout):
+            return False
+        return os.read(fd, 1) == b"1"
+    finally:
+        sel.close()
+        os.close(fd)
 
 
 def main(argv: list[str]) -> int:
@@ -284,19 +308,21 @@ def main(argv: list[str]) -> int:
         tun.close()
         return 1
     if not foreground:
+        ready_r, ready_w = os.pipe()
         env = dict(os.environ)
         env.update(
             WG_TUN_FD=str(tun.fd),
             WG_UAPI_FD=str(listener.fileno()),
             WG_PROCESS_FOREGROUND="1",
         )
+        env[_READY_FD] = str(ready_w)
         quiet = not log.error_on or "LOG_LEVEL" not in os.environ
         out = subprocess.DEVNULL if quiet else None
         try:
             subprocess.Popen(
                 [sys.executable, "-m", "wiresnake", name],
                 env=env,
-                pass_fds=(tun.fd, listener.fileno()),
+                pass_fds=(tun.fd, listener.fileno(), ready_w),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
@@ -304,6 +330,11 @@ def main(argv: list[str]) -> int:
             )
         except OSError as e:
             log.error(f"Failed to daemonize: {e}")
+            return 1
+        finally:
+            os.close(ready_w)
+        if not _wait_ready(ready_r):
+            log.error("The daemon did not start")
             return 1
         return 0
     try:

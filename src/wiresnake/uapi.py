@@ -62,7 +62,8 @@ def format_endpoint(endpoint: Endpoint) -> str:
 
 def parse_endpoint(text: str) -> Endpoint:
     """`a.b.c.d:port` or `[v6]:port`, as addresses (names are resolved by the caller)."""
-    if text.startswith("["):
+    bracketed = text.startswith("[")
+    if bracketed:
         host, sep, port = text[1:].partition("]:")
         if not sep:
             raise ValueError(f"endpoint {text!r} lacks ']:port'")
@@ -76,7 +77,9 @@ def parse_endpoint(text: str) -> Endpoint:
         addr = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         raise ValueError(f"endpoint {text!r} is not an IP address and port") from None
-    if not port.isdigit() or not 0 < int(port) <= 65535:
+    if bracketed and not isinstance(addr, ipaddress.IPv6Address):
+        raise ValueError(f"endpoint {text!r}: only IPv6 addresses take brackets")
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
         raise ValueError(f"endpoint {text!r} has a bad port")
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
@@ -123,9 +126,8 @@ class PeerChange:
     clear_preshared_key: bool = False
     endpoint: Endpoint | None = None
     persistent_keepalive: int | None = None
-    replace_allowed_ips: bool = False
-    # (network, add?) in request order
-    allowed_ips: list[tuple[Network, bool]] = field(default_factory=list)
+    # in request order: ("replace", None), ("add", network) or ("remove", network)
+    allowed_ips: list[tuple[str, Network | None]] = field(default_factory=list)
 
 
 @dataclass
@@ -152,7 +154,7 @@ def _true(value: str, name: str) -> bool:
 
 
 def _int(value: str, name: str, limit: int) -> int:
-    if not value.isdigit() or int(value) > limit:
+    if not (value.isascii() and value.isdigit()) or int(value) > limit:
         raise UapiError(EINVAL, f"invalid {name} value {value!r}")
     return int(value)
 
@@ -200,16 +202,18 @@ def parse_set(lines: list[str]) -> SetRequest:
         elif key == "persistent_keepalive_interval":
             peer.persistent_keepalive = _int(value, key, 65535)
         elif key == "replace_allowed_ips":
-            peer.replace_allowed_ips = _true(value, key)
+            _true(value, key)
+            peer.allowed_ips.append(("replace", None))
         elif key == "allowed_ip":
             add = not value.startswith("-")
+            text = value if add else value[1:]
+            if "/" not in text or text != text.strip():
+                raise UapiError(EINVAL, f"allowed_ip {value!r} is not address/length")
             try:
-                net = parse_network(value if add else value[1:])
+                net = parse_network(text)
             except ValueError as e:
                 raise UapiError(EINVAL, str(e)) from None
-            if "/" not in value:
-                raise UapiError(EINVAL, f"allowed_ip {value!r} lacks a prefix length")
-            peer.allowed_ips.append((net, add))
+            peer.allowed_ips.append(("add" if add else "remove", net))
         elif key == "protocol_version":
             if value != "1":
                 raise UapiError(EINVAL, f"invalid protocol version {value!r}")
@@ -250,10 +254,10 @@ def apply_set(host: UapiHost, req: SetRequest) -> None:
             device.set_preshared_key(peer, change.preshared_key)
         if change.endpoint is not None:
             device.set_endpoint(peer, change.endpoint)
-        if change.replace_allowed_ips:
-            device.clear_allowed_ips(peer)
-        for net, add in change.allowed_ips:
-            if add:
+        for op, net in change.allowed_ips:
+            if net is None:
+                device.clear_allowed_ips(peer)
+            elif op == "add":
                 device.allow(peer, net)
             else:
                 device.disallow(peer, net)

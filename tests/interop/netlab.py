@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -101,6 +102,8 @@ class NetLab:
         self.hosts: list[Host] = []
         self.processes: list[subprocess.Popen[bytes]] = []
         self.sockets: list[Path] = []
+        # daemons that detached themselves (`wiresnake IFACE` without -f): (pid, start time)
+        self.adopted: list[tuple[int, str]] = []
         self._ifaces = itertools.count()
 
     def __enter__(self) -> NetLab:
@@ -164,6 +167,10 @@ class NetLab:
             time.sleep(0.02)
         raise AssertionError(f"no configuration socket for {name}")
 
+    def wait_socket(self, name: str, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+        """Until `proc` (started by us) has created the socket of `name`."""
+        self._wait_socket(name, proc, timeout)
+
     def start_wiresnake(
         self, host: Host, name: str, env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
@@ -186,15 +193,87 @@ class NetLab:
                 proc.wait(5)
         return proc.returncode
 
+    def adopt(self, pid: int) -> None:
+        """Take charge of a process we caused but did not spawn directly (a daemonized
+        child): `close` ends it by PID, checking its start time so a reused PID is safe."""
+        start = proc_start_time(pid)
+        if start is not None:
+            self.adopted.append((pid, start))
+
+    def end_pid(self, pid: int, sig: int = signal.SIGTERM, timeout: float = 10) -> bool:
+        """Signal an adopted PID and wait until it is gone; True if it went in time."""
+        start = next((st for p, st in self.adopted if p == pid), None)
+        if start is None or not pid_running(pid, start):
+            return True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        return wait_pid_gone(pid, start, timeout)
+
+    def start_wiresnake_background(
+        self, host: Host, name: str, env: dict[str, str] | None = None
+    ) -> tuple[subprocess.CompletedProcess[str], int | None]:
+        """`wiresnake NAME` without -f, as wg-quick runs it: (its result, the daemon's PID)."""
+        env_args = [f"{k}={v}" for k, v in (env or {}).items()]
+        self.sockets.append(SOCKET_DIR / f"{name}.sock")
+        res = host.run("env", *env_args, *wiresnake_cmd(), name, check=False)
+        pids = socket_owners(host, name) if res.returncode == 0 else []
+        for pid in pids:
+            self.adopt(pid)
+        return res, (pids[0] if pids else None)
+
     def close(self) -> None:
         for proc in self.processes:
             with contextlib.suppress(Exception):
                 self.stop(proc)
+        for pid, start in self.adopted:
+            with contextlib.suppress(Exception):
+                if pid_running(pid, start):
+                    os.kill(pid, signal.SIGTERM)
+                    if not wait_pid_gone(pid, start, 5):
+                        os.kill(pid, signal.SIGKILL)
+                        wait_pid_gone(pid, start, 5)
         for h in self.hosts:
             subprocess.run(["ip", "netns", "del", h.ns], capture_output=True)
         for path in self.sockets:
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+def proc_start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat (start time in ticks), None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def pid_running(pid: int, start: str | None = None) -> bool:
+    """Alive and not a zombie (and, given `start`, still the same process)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return False
+    return start is None or fields[19] == start
+
+
+def wait_pid_gone(pid: int, start: str | None = None, timeout: float = 10) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not pid_running(pid, start):
+            return True
+        time.sleep(0.02)
+    return not pid_running(pid, start)
+
+
+def socket_owners(host: Host, name: str) -> list[int]:
+    """PIDs holding the listening configuration socket of `name` (from `ss -xlp`)."""
+    path = SOCKET_DIR / f"{name}.sock"
+    out = host.run("ss", "-xlpnH", "src", str(path), check=False).stdout
+    return sorted({int(m) for m in re.findall(r"pid=(\d+)", out)})
 
 
 @contextlib.contextmanager
@@ -263,8 +342,49 @@ class WgIface:
         """`wg show IFACE dump` rows: the interface, then one per peer."""
         return [line.split("\t") for line in self.host.wg("show", self.name, "dump").splitlines()]
 
+    def restart(self) -> None:
+        """Stop the daemon and start a new one with the same key, port and addresses
+        (peers are not restored)."""
+        self.lab.stop(self.proc)
+        self.proc = self.start()
+        self.host.wg(
+            "set",
+            self.name,
+            "private-key",
+            "/dev/stdin",
+            "listen-port",
+            str(self.port),
+            input=self.private,
+        )
+        self.host.run("ip", "addr", "add", f"{self.tunnel_v4}/24", "dev", self.name)
+        self.host.run("ip", "addr", "add", f"{self.tunnel_v6}/64", "dev", self.name, "nodad")
+        self.host.run("ip", "link", "set", self.name, "up")
+
+    def transfer(self, public: str) -> tuple[int, int]:
+        """(rx, tx) bytes for one peer."""
+        row = self.peer_row(public)
+        return int(row[5]), int(row[6])
+
     def peer_row(self, public: str) -> list[str]:
         for row in self.dump()[1:]:
             if row[0] == public:
                 return row
         raise AssertionError(f"no peer {public} on {self.name}")
+
+
+class Pair:
+    """Two hosts on one veth link, each with one interface: `a` (impl_a) and `b` (impl_b)."""
+
+    def __init__(
+        self, lab: NetLab, impl_b: str = "wireguard-go", impl_a: str = "wiresnake"
+    ) -> None:
+        self.lab = lab
+        self.ha, self.hb = lab.host("a"), lab.host("b")
+        # the veth ends in ha and hb
+        self.veth_a, self.veth_b = lab.link(self.ha, self.hb, "192.168.50.1", "192.168.50.2")
+        self.a = WgIface(lab, self.ha, impl_a, "10.50.0.1", "fd50::1")
+        self.b = WgIface(lab, self.hb, impl_b, "10.50.0.2", "fd50::2")
+
+    def connect(self, *extra_a: str, endpoint_a: bool = True, endpoint_b: bool = True) -> None:
+        self.a.add_peer(self.b, "192.168.50.2:51820" if endpoint_a else None, *extra_a)
+        self.b.add_peer(self.a, "192.168.50.1:51820" if endpoint_b else None)

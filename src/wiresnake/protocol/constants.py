@@ -27,5 +27,13 @@ UNDER_LOAD_AFTER_TIME = 1.0
 # The reference is under load while 1/8 of its 1024-deep handshake queue is full; with no
 # queue here, that becomes this many handshake messages within one second.
 UNDER_LOAD_HANDSHAKES = 1024 // 8
+# handshake messages past this many in one batch of received datagrams are dropped unread,
+# as the reference drops them when its handshake queue is full: a flood costs little more
+# than its reads, and transport packets in the same batches still get through
+HANDSHAKES_PER_BATCH = 16
+UNDER_LOAD_HANDSHAKES_PER_BATCH = 8
+# under load, at most this many cookie replies per batch of received datagrams: the rest of
+# a flood is dropped after the cheap MAC checks (the reference drops when its queue is full)
+COOKIE_REPLIES_PER_BATCH = 8
 PADDING_MULTIPLE = 16
 DEFAULT_MTU = 1420

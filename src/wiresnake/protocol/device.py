@@ -14,9 +14,9 @@ run against each other on a fake clock, deterministically.
 from __future__ import annotations
 
 import heapq
-import ipaddress
 import itertools
 import os
+import socket
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -35,7 +35,9 @@ from wiresnake.crypto import (
 from wiresnake.protocol import noise
 from wiresnake.protocol.allowedips import AllowedIPs
 from wiresnake.protocol.constants import (
+    COOKIE_REPLIES_PER_BATCH,
     DEFAULT_MTU,
+    HANDSHAKES_PER_BATCH,
     KEEPALIVE_TIMEOUT,
     MAX_STAGED_PACKETS,
     MAX_TIMER_HANDSHAKES,
@@ -47,6 +49,7 @@ from wiresnake.protocol.constants import (
     REKEY_TIMEOUT,
     UNDER_LOAD_AFTER_TIME,
     UNDER_LOAD_HANDSHAKES,
+    UNDER_LOAD_HANDSHAKES_PER_BATCH,
     ZERO_KEYS_AFTER,
 )
 from wiresnake.protocol.cookie import CookieChecker
@@ -110,7 +113,8 @@ class Output:
 
 
 def _address_bytes(endpoint: Endpoint) -> bytes:
-    return ipaddress.ip_address(endpoint[0]).packed
+    host = endpoint[0]
+    return socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
 
 
 class Device:
@@ -141,6 +145,7 @@ class Device:
         self._load_window_start = float("-inf")
         self._load_count = 0
         self._under_load_until = float("-inf")
+        self._cookie_budget = COOKIE_REPLIES_PER_BATCH
         self._static: PrivateKey | None = None
         self._checker: CookieChecker | None = None
         self._own_hash = b""
@@ -425,17 +430,21 @@ class Device:
             if n < 32:
                 # only well-framed handshake messages reach the handshake path and count
                 # towards load, as the reference checks sizes before queueing them
-                if _HANDSHAKE_SIZES.get(data[:4]) == n:
+                if _HANDSHAKE_SIZES.get(data[:4]) != n:
+                    counters["malformed"] += 1
+                elif len(handshakes) < HANDSHAKES_PER_BATCH:
                     handshakes.append((src, data))
                 else:
-                    counters["malformed"] += 1
+                    counters["handshake_dropped"] += 1  # like a full handshake queue
                 continue
             kind, index, counter = _UNPACK_HEADER(data)
             if kind != TYPE_TRANSPORT:
-                if _HANDSHAKE_SIZES.get(data[:4]) == n:
+                if _HANDSHAKE_SIZES.get(data[:4]) != n:
+                    counters["malformed"] += 1
+                elif len(handshakes) < HANDSHAKES_PER_BATCH:
                     handshakes.append((src, data))
                 else:
-                    counters["malformed"] += 1
+                    counters["handshake_dropped"] += 1  # like a full handshake queue
                 continue
             if index != last_index:
                 kp = keypairs.get(index)
@@ -549,6 +558,12 @@ class Device:
         if self._load_count >= self.under_load_handshakes:
             self._under_load_until = now + UNDER_LOAD_AFTER_TIME
         under_load = now < self._under_load_until
+        if under_load and len(batch) > UNDER_LOAD_HANDSHAKES_PER_BATCH:
+            self.counters["handshake_dropped"] += len(batch) - UNDER_LOAD_HANDSHAKES_PER_BATCH
+            batch = batch[:UNDER_LOAD_HANDSHAKES_PER_BATCH]
+        # cookie replies are the dear part of a flood; a few per batch keep the loop
+        # reading, so sessions already up are not starved of their transport packets
+        self._cookie_budget = COOKIE_REPLIES_PER_BATCH
         for src, data in batch:
             kind = data[0]
             try:
@@ -586,7 +601,7 @@ class Device:
             return True
         try:
             address = _address_bytes(src)
-        except ValueError:
+        except (OSError, ValueError):
             self.counters["malformed"] += 1
             return False
         source = address + src[1].to_bytes(2, "big")
