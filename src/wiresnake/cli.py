@@ -380,10 +380,23 @@ def cmd_setconf(argv: Sequence[str]) -> int:
 
 
 # ---------------------------------------------------------------------------------------
+# up, down: wg-quick's job (see `quick`)
+
+
+def cmd_up_down(argv: Sequence[str]) -> int:
+    """`up CONF-or-IFACE` and `down CONF-or-IFACE`, as `wg-quick up` and `wg-quick down`."""
+    from wiresnake import quick
+
+    return quick.main(argv)
+
+
+# ---------------------------------------------------------------------------------------
 # Dispatch
 
 SUBCOMMANDS: Final[tuple[Subcommand, ...]] = (
     # Later sessions add, in this table: up, down, proxy, mesh.
+    Subcommand("up", cmd_up_down, "Brings up a WireGuard interface from a wg-quick file"),
+    Subcommand("down", cmd_up_down, "Takes down a WireGuard interface brought up from a file"),
     Subcommand("show", cmd_show, "Shows the current configuration and device information"),
     Subcommand(
         "showconf",
