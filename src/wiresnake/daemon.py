@@ -111,6 +111,7 @@ class Daemon:
         if out.datagrams:
             self.udp.send_batch(out.datagrams)
         if out.packets:
+            self.device.counters["tunnel_packets_out"] += len(out.packets)
             refused = self.tun.write_batch(out.packets)
             if refused:
                 self.device.counters["tunnel_write_failed"] += refused
@@ -229,6 +230,8 @@ class Daemon:
             signal.signal(signal.SIGTERM, old_term)
             signal.signal(signal.SIGINT, old_int)
             self.log.verbose(f"Shutting down: {self.exit_reason}")
+            counted = ", ".join(f"{k}={v}" for k, v in sorted(self.device.counters.items()))
+            self.log.verbose(f"Counters: {counted or 'none'}; TUN writes {self.tun.writes}")
             self.close()
         return 0
 

@@ -1,0 +1,165 @@
+"""Coalescing TCP segments into one TSO packet per flow before they enter the TUN.
+
+The kernel's TCP stack costs the same per packet whatever its size, so a batch of
+consecutive segments of one flow is written as one super-packet with a virtio-net header
+saying "segment me by gso_size, and finish the checksum" (GSO + NEEDS_CSUM). The merged
+packet keeps the first segment's headers with lengths, the IPv4 header checksum and the
+TCP checksum seed (the pseudo-header sum) redone; payloads are joined, never edited.
+Only plain ACK segments (PSH allowed on the last) with identical headers but for the
+sequence number, IP ID and checksums are merged; anything else passes through as it is.
+Pure functions: no I/O here.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+__all__ = ["VNET_HDR_LEN", "VNET_PLAIN", "coalesce"]
+
+VNET_HDR_LEN = 10
+_VNET = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
+VNET_PLAIN = bytes(VNET_HDR_LEN)
+_F_NEEDS_CSUM = 1
+_GSO_TCPV4 = 1
+_GSO_TCPV6 = 4
+_MAX_SEGMENTS = 64
+_MAX_BYTES = 65535
+_TCP_ACK, _TCP_PSH = 0x10, 0x08
+
+# one packet as the merge loop sees it: (flow key, seq, payload length, header length, flags)
+_Info = tuple[bytes, int, int, int, int]
+
+
+def _fold(total: int) -> int:
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def _sum16(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    return sum(struct.unpack(f"!{len(data) // 2}H", data))
+
+
+def _inspect(pkt: bytes) -> _Info | None:
+    """What merging needs of a TCP segment, or None when it must pass alone."""
+    n = len(pkt)
+    if n < 40:
+        return None
+    version = pkt[0] >> 4
+    if version == 4:
+        if pkt[0] != 0x45 or pkt[9] != 6 or (pkt[6] & 0x3F) or pkt[7]:
+            return None  # IP options, not TCP, or a fragment
+        if (pkt[2] << 8 | pkt[3]) != n:
+            return None
+        ip_len = 20
+        # everything but total length, ID and header checksum must match
+        key_ip = pkt[1:2] + pkt[6:7] + pkt[8:10] + pkt[12:20]
+    elif version == 6:
+        if n < 60 or pkt[6] != 6 or 40 + (pkt[4] << 8 | pkt[5]) != n:
+            return None
+        ip_len = 40
+        key_ip = pkt[0:4] + pkt[6:40]
+    else:
+        return None
+    tcp_len = (pkt[ip_len + 12] >> 4) * 4
+    header = ip_len + tcp_len
+    flags = pkt[ip_len + 13]
+    if tcp_len < 20 or header >= n or flags & ~(_TCP_ACK | _TCP_PSH) or not flags & _TCP_ACK:
+        return None
+    seq = int.from_bytes(pkt[ip_len + 4 : ip_len + 8], "big")
+    # ports, ack, window, urgent pointer and options must match; flags are checked apart
+    tcp = pkt[ip_len : ip_len + tcp_len]
+    key = key_ip + tcp[0:4] + tcp[8:12] + tcp[14:16] + tcp[18:]
+    return key, seq, n - header, header, flags
+
+
+def _merge(
+    group: Sequence[bytes], header: int, gso_size: int, psh: bool
+) -> tuple[bytes | memoryview, ...]:
+    first = group[0]
+    total = header + sum(len(p) - header for p in group)
+    head = bytearray(first[:header])
+    v4 = first[0] >> 4 == 4
+    ip_len = 20 if v4 else 40
+    tcp_total = total - ip_len
+    if v4:
+        head[2:4] = total.to_bytes(2, "big")
+        head[10:12] = b"\0\0"
+        head[10:12] = (~_fold(_sum16(bytes(head[:20]))) & 0xFFFF).to_bytes(2, "big")
+        pseudo = _sum16(bytes(head[12:20])) + 6 + tcp_total
+        gso_type = _GSO_TCPV4
+    else:
+        head[4:6] = tcp_total.to_bytes(2, "big")
+        pseudo = _sum16(bytes(head[8:40])) + 6 + tcp_total
+        gso_type = _GSO_TCPV6
+    if psh:
+        head[ip_len + 13] |= _TCP_PSH
+    # NEEDS_CSUM: the field holds the folded pseudo-header sum, the kernel adds the rest
+    head[ip_len + 16 : ip_len + 18] = _fold(pseudo).to_bytes(2, "big")
+    vnet = _VNET.pack(_F_NEEDS_CSUM, gso_type, header, gso_size, ip_len, 16)
+    parts: list[bytes | memoryview] = [vnet, bytes(head)]
+    parts += [memoryview(p)[header:] for p in group]
+    return tuple(parts)
+
+
+def coalesce(packets: Sequence[bytes]) -> list[tuple[bytes | memoryview, ...]]:
+    """Each item is the buffers of one TUN write: a virtio-net header, then the packet
+    (one piece, or the merged headers followed by the joined payloads)."""
+    out: list[tuple[bytes | memoryview, ...]] = []
+    i, count = 0, len(packets)
+    while i < count:
+        p = packets[i]
+        info = _inspect(p)
+        if info is None:
+            out.append((VNET_PLAIN, p))
+            i += 1
+            continue
+        _key, seq, size, header, flags = info
+        o = 20 if p[0] >> 4 == 4 else 40
+        # the header bytes a follower must share with p, as slices of p: IP fields but
+        # length/ID/checksum, ports, ack and data offset, window, urgent pointer, options
+        if o == 20:
+            ip_a, ip_b = p[0:2], p[6:24]
+        else:
+            ip_a, ip_b = p[0:4], p[6:44]
+        ack = p[o + 8 : o + 13]
+        window = p[o + 14 : o + 16]
+        rest = p[o + 18 : header]
+        expected = (seq + size) & 0xFFFFFFFF
+        length = len(p)
+        psh = bool(flags & _TCP_PSH)
+        j = i + 1
+        while j < count and j - i < _MAX_SEGMENTS and not psh:
+            q = packets[j]
+            z = len(q) - header
+            if z <= 0 or z > size or length + z > _MAX_BYTES:
+                break
+            if o == 20:
+                if q[0:2] != ip_a or q[6:24] != ip_b or (q[2] << 8 | q[3]) != len(q):
+                    break
+            elif q[0:4] != ip_a or q[6:44] != ip_b or 40 + (q[4] << 8 | q[5]) != len(q):
+                break
+            f = q[o + 13]
+            if (
+                (f != _TCP_ACK and f != _TCP_ACK | _TCP_PSH)
+                or q[o + 8 : o + 13] != ack
+                or q[o + 14 : o + 16] != window
+                or q[o + 18 : header] != rest
+                or int.from_bytes(q[o + 4 : o + 8], "big") != expected
+            ):
+                break
+            length += z
+            expected = (expected + z) & 0xFFFFFFFF
+            psh = f == _TCP_ACK | _TCP_PSH
+            j += 1
+            if z < size:
+                break  # a short segment can only end a run
+        if j - i == 1:
+            out.append((VNET_PLAIN, p))
+        else:
+            out.append(_merge(packets[i:j], header, size, psh))
+        i = j
+    return out
