@@ -121,10 +121,10 @@ def coalesce(packets: Sequence[bytes]) -> list[tuple[bytes | memoryview, ...]]:
         o = 20 if p[0] >> 4 == 4 else 40
         # the header bytes a follower must share with p, as slices of p: IP fields but
         # length/ID/checksum, ports, ack and data offset, window, urgent pointer, options
-        if o == 20:
-            ip_a, ip_b = p[0:2], p[6:24]
-        else:
-            ip_a, ip_b = p[0:4], p[6:44]
+        if o == 20:  # skipping total length, ID and header checksum
+            ip_a, ip_b, ip_c = p[0:2], p[6:10], p[12:24]
+        else:  # skipping payload length
+            ip_a, ip_b, ip_c = p[0:4], p[6:44], b""
         ack = p[o + 8 : o + 13]
         window = p[o + 14 : o + 16]
         rest = p[o + 18 : header]
@@ -138,7 +138,12 @@ def coalesce(packets: Sequence[bytes]) -> list[tuple[bytes | memoryview, ...]]:
             if z <= 0 or z > size or length + z > _MAX_BYTES:
                 break
             if o == 20:
-                if q[0:2] != ip_a or q[6:24] != ip_b or (q[2] << 8 | q[3]) != len(q):
+                if (
+                    q[0:2] != ip_a
+                    or q[6:10] != ip_b
+                    or q[12:24] != ip_c
+                    or (q[2] << 8 | q[3]) != len(q)
+                ):
                     break
             elif q[0:4] != ip_a or q[6:44] != ip_b or 40 + (q[4] << 8 | q[5]) != len(q):
                 break

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import socket
 import sys
 
@@ -14,8 +15,14 @@ __all__ = ["UdpSockets"]
 _SO_MARK = 36
 _SOL_UDP = 17
 _UDP_SEGMENT = 103  # not in the socket module: send many equal datagrams in one sendmsg
+_UDP_GRO = 104  # receive a sender's datagrams glued together, with their size
+_CMSG_SPACE = socket.CMSG_SPACE(4)
 _UDP_MAX_SEGMENTS = 64
 _GSO_MAX_BYTES = 65000
+
+
+def _gro_wanted() -> bool:
+    return os.environ.get("WIRESNAKE_OFFLOAD", "1") != "0"
 
 
 class UdpSockets:
@@ -43,6 +50,9 @@ class UdpSockets:
                 s.setsockopt(socket.SOL_SOCKET, _SO_MARK, self.fwmark)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            if _gro_wanted():
+                with contextlib.suppress(OSError):  # older kernels: one datagram per read
+                    s.setsockopt(_SOL_UDP, _UDP_GRO, 1)
             s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
             s.setblocking(False)
         except BaseException:
@@ -78,16 +88,26 @@ class UdpSockets:
 
     @staticmethod
     def recv_batch(sock: socket.socket, limit: int = 64) -> list[tuple[Endpoint, bytes]]:
+        """Up to `limit` reads without blocking. With UDP_GRO on, one read may return many
+        datagrams of one sender glued together, with their size in a control message."""
         out: list[tuple[Endpoint, bytes]] = []
-        recv = sock.recvfrom
+        recv = sock.recvmsg
         v6 = sock.family == socket.AF_INET6
         try:
             for _ in range(limit):
-                data, addr = recv(65536)
+                data, ancdata, _flags, addr = recv(65536, _CMSG_SPACE)
                 host: str = addr[0]
                 if v6 and host.startswith("::ffff:") and "." in host:
                     host = host[7:]
-                out.append(((host, addr[1]), data))
+                endpoint = (host, addr[1])
+                size = 0
+                for level, kind, value in ancdata:
+                    if level == _SOL_UDP and kind == _UDP_GRO:
+                        size = int.from_bytes(value[:4], sys.byteorder)
+                if size and len(data) > size:
+                    out.extend((endpoint, data[k : k + size]) for k in range(0, len(data), size))
+                else:
+                    out.append((endpoint, data))
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
