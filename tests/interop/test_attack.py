@@ -179,7 +179,9 @@ def test_handshake_flood_turns_to_cookies_and_a_real_peer_still_gets_through(
     assert after["replies_plain"] == ["type2/92"], after  # back to normal once the flood ends
     to_spoofed = {k: n for k, n in counts.items() if k.endswith(" to spoofed")}
     assert set(to_spoofed) == {"type3/64 to spoofed"}, counts
-    assert to_spoofed["type3/64 to spoofed"] >= sent["sent"] // 4, (sent, counts)
+    # cookie replies flow all through the flood, but only a bounded number per received
+    # batch: the rest of the flood is dropped unanswered, as by a full handshake queue
+    assert 2000 <= to_spoofed["type3/64 to spoofed"] <= sent["sent"], (sent, counts)
     assert seen["destinations"] > 1000
     # to X's own address: the answers to the probes only, and only the MAC2-less
     # initiation before and after the flood or one with MAC2 ever got a handshake
