@@ -427,18 +427,13 @@ class Device:
         validate = _NO_PEER_REPLAY.validate
         for src, data in datagrams:
             n = len(data)
-            if n < 32:
-                # only well-framed handshake messages reach the handshake path and count
-                # towards load, as the reference checks sizes before queueing them
-                if _HANDSHAKE_SIZES.get(data[:4]) != n:
-                    counters["malformed"] += 1
-                elif len(handshakes) < HANDSHAKES_PER_BATCH:
-                    handshakes.append((src, data))
-                else:
-                    counters["handshake_dropped"] += 1  # like a full handshake queue
+            if n < 32:  # shorter than any message
+                counters["malformed"] += 1
                 continue
             kind, index, counter = _UNPACK_HEADER(data)
             if kind != TYPE_TRANSPORT:
+                # only well-framed handshake messages reach the handshake path and count
+                # towards load, as the reference checks sizes before queueing them
                 if _HANDSHAKE_SIZES.get(data[:4]) != n:
                     counters["malformed"] += 1
                 elif len(handshakes) < HANDSHAKES_PER_BATCH:
