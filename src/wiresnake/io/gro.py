@@ -7,7 +7,9 @@ packet keeps the first segment's headers with lengths, the IPv4 header checksum 
 TCP checksum seed (the pseudo-header sum) redone; payloads are joined, never edited.
 Only plain ACK segments (PSH allowed on the last) with identical headers but for the
 sequence number, IP ID and checksums are merged; anything else passes through as it is.
-Pure functions: no I/O here.
+Inner checksums are not verified: the segments came in authenticated transport messages,
+and kernel WireGuard marks what it decrypts CHECKSUM_UNNECESSARY likewise. Pure
+functions: no I/O here.
 """
 
 from __future__ import annotations
