@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
+import random
 import socket
 import struct
 from collections import Counter
@@ -137,6 +138,8 @@ class Device:
         # why datagrams and packets were dropped, and other events worth counting
         self.counters: Counter[str] = Counter()
         self._rng = rng
+        # timer jitter needs no secrecy: a PRNG seeded once spares a getrandom per packet
+        self._jitter_rng = random.Random(rng(16))
         self._peers: dict[bytes, Peer] = {}
         self._keypairs: dict[int, Keypair] = {}
         self._handshakes: dict[int, Peer] = {}
@@ -744,7 +747,7 @@ class Device:
                 return index
 
     def _jitter(self) -> float:
-        return int.from_bytes(self._rng(2), "little") % 334 / 1000
+        return self._jitter_rng.randrange(334) / 1000
 
     def _initiate(self, peer: Peer, now: float, out: Output, *, retry: bool) -> None:
         if not retry:
