@@ -388,3 +388,21 @@ class Pair:
     def connect(self, *extra_a: str, endpoint_a: bool = True, endpoint_b: bool = True) -> None:
         self.a.add_peer(self.b, "192.168.50.2:51820" if endpoint_a else None, *extra_a)
         self.b.add_peer(self.a, "192.168.50.1:51820" if endpoint_b else None)
+
+
+BLAST = str(Path(__file__).with_name("tcpblast.py"))
+
+
+def blast(src: Host, dst: Host, addr: str, nbytes: int, seed: int, timeout: float = 240) -> None:
+    """Send `nbytes` over TCP from `src` to `addr` (in `dst`) and check they arrived exact."""
+    server = dst.popen(
+        sys.executable, BLAST, "serve", addr, "5001", stdout=subprocess.PIPE, text=True
+    )
+    assert server.stdout is not None
+    assert server.stdout.readline().strip() == "ready"
+    sent = src.run(
+        sys.executable, BLAST, "send", addr, "5001", str(nbytes), str(seed), timeout=timeout
+    ).stdout.split()
+    got = server.stdout.readline().split()
+    server.wait(30)
+    assert sent == got and int(got[0]) == nbytes

@@ -6,27 +6,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from netlab import NetLab, WgIface, require_root_and_tools
+from netlab import NetLab, Pair, blast, require_root_and_tools
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
-
-BLAST = str(Path(__file__).with_name("tcpblast.py"))
-
-
-class Pair:
-    def __init__(self, lab: NetLab, impl_b: str = "wireguard-go") -> None:
-        self.lab = lab
-        self.ha, self.hb = lab.host("a"), lab.host("b")
-        lab.link(self.ha, self.hb, "192.168.50.1", "192.168.50.2")
-        self.a = WgIface(lab, self.ha, "wiresnake", "10.50.0.1", "fd50::1")
-        self.b = WgIface(lab, self.hb, impl_b, "10.50.0.2", "fd50::2")
-
-    def connect(self, *extra_a: str, endpoint_a: bool = True, endpoint_b: bool = True) -> None:
-        self.a.add_peer(self.b, "192.168.50.2:51820" if endpoint_a else None, *extra_a)
-        self.b.add_peer(self.a, "192.168.50.1:51820" if endpoint_b else None)
 
 
 @pytest.fixture
@@ -98,14 +82,4 @@ def test_100_megabytes_cross_byte_exact(pair: Pair, direction: str) -> None:
         if direction.startswith("wiresnake")
         else (pair.hb, pair.ha, "10.50.0.1")
     )
-    server = dst.popen(
-        sys.executable, BLAST, "serve", addr, "5001", stdout=subprocess.PIPE, text=True
-    )
-    assert server.stdout is not None
-    assert server.stdout.readline().strip() == "ready"
-    sent = src.run(
-        sys.executable, BLAST, "send", addr, "5001", str(100 << 20), "7", timeout=240
-    ).stdout.split()
-    got = server.stdout.readline().split()
-    server.wait(30)
-    assert sent == got and int(got[0]) == 100 << 20
+    blast(src, dst, addr, 100 << 20, seed=7)

@@ -4,18 +4,15 @@ spokes of both implementations."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from netlab import Host, NetLab, Pair, WgIface, genkey, require_root_and_tools
+from netlab import Host, NetLab, Pair, WgIface, blast, genkey, require_root_and_tools
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
 
-BLAST = str(Path(__file__).with_name("tcpblast.py"))
 KEEPALIVE = 32  # an empty transport message: 16 bytes of header, 16 of tag
 INITIATION, RESPONSE = 148, 92
 
@@ -228,17 +225,7 @@ def test_wiresnake_to_wiresnake_pings_and_20_megabytes_byte_exact(twin: Pair) ->
     assert twin.ha.ping("fd50::2")
     assert twin.hb.ping("10.50.0.1")
     for src, dst, addr in ((twin.ha, twin.hb, "10.50.0.2"), (twin.hb, twin.ha, "fd50::1")):
-        server = dst.popen(
-            sys.executable, BLAST, "serve", addr, "5001", stdout=subprocess.PIPE, text=True
-        )
-        assert server.stdout is not None
-        assert server.stdout.readline().strip() == "ready"
-        sent = src.run(
-            sys.executable, BLAST, "send", addr, "5001", str(20 << 20), "11", timeout=120
-        ).stdout.split()
-        got = server.stdout.readline().split()
-        server.wait(30)
-        assert sent == got and int(got[0]) == 20 << 20
+        blast(src, dst, addr, 20 << 20, seed=11, timeout=120)
     time.sleep(0.5)
     a_rx, a_tx = twin.a.transfer(twin.b.public)
     b_rx, b_tx = twin.b.transfer(twin.a.public)
