@@ -451,3 +451,69 @@ def test_staged_packets_are_bounded_oldest_dropped_first() -> None:
     lab.filter = None
     lab.run(REKEY_TIMEOUT + 1)
     assert len(b.received) == MAX_STAGED_PACKETS
+
+
+def _bulk_pair(n: int = 64) -> tuple[Lab, object, object, list[bytes]]:
+    """A live session and n full-size IPv4 packets from a, sealed, not yet delivered."""
+    lab, a, b = pair()
+    lab.send(a, b)
+    lab.send(b, a)
+    packets = [ipv4_packet("10.0.0.1", "10.0.0.2", bytes([i % 256]) * 1380) for i in range(n)]
+    sealed = [d for _, d in a.device.from_tunnel(packets, lab.now).datagrams]
+    return lab, a, b, sealed
+
+
+def test_a_bulk_batch_is_delivered_whole_and_in_order() -> None:
+    lab, a, b, sealed = _bulk_pair()
+    rx = lab.peer(b, a).rx_bytes
+    out = b.device.from_network([(a.endpoint, d) for d in sealed], lab.now)
+    assert [p[20] for p in out.packets] == [i % 256 for i in range(64)]
+    assert lab.peer(b, a).rx_bytes == rx + sum(map(len, sealed))
+    assert b.device.counters == {"bulk_batches": 1}  # all in one go
+    # the same batch again is all replay
+    again = b.device.from_network([(a.endpoint, d) for d in sealed], lab.now)
+    assert not again.packets and b.device.counters["replayed"] == 64
+
+
+def test_a_bulk_batch_with_a_forgery_delivers_the_rest() -> None:
+    lab, a, b, sealed = _bulk_pair()
+    forged = bytearray(sealed[10])
+    forged[40] ^= 1
+    sealed[10] = bytes(forged)
+    out = b.device.from_network([(a.endpoint, d) for d in sealed], lab.now)
+    assert len(out.packets) == 63 and b.device.counters["decrypt_failed"] == 1
+
+
+def test_a_bulk_batch_with_a_spoofed_inner_source_drops_only_that_packet() -> None:
+    lab, a, b, _ = _bulk_pair(0)
+    packets = [ipv4_packet("10.0.0.1", "10.0.0.2", bytes(1380)) for _ in range(20)]
+    packets[7] = ipv4_packet("10.9.9.9", "10.0.0.2", bytes(1380))
+    sealed = [d for _, d in a.device.from_tunnel(packets, lab.now).datagrams]
+    out = b.device.from_network([(a.endpoint, d) for d in sealed], lab.now)
+    assert len(out.packets) == 19 and b.device.counters["inner_source_not_allowed"] == 1
+
+
+def test_a_bulk_batch_out_of_order_or_with_gaps_is_still_all_delivered() -> None:
+    lab, a, b, sealed = _bulk_pair()
+    order = list(range(64))
+    lab.random.shuffle(order)
+    first = [sealed[i] for i in order[:40]]
+    rest = [sealed[i] for i in order[40:]]
+    out1 = b.device.from_network([(a.endpoint, d) for d in first], lab.now)
+    out2 = b.device.from_network([(a.endpoint, d) for d in rest], lab.now)
+    got = sorted(p[20] for p in out1.packets + out2.packets)
+    assert got == sorted(i % 256 for i in range(64))
+
+
+def test_a_bulk_batch_confirms_the_responders_new_session() -> None:
+    lab, a, b = pair()
+    lab.filter = lambda s, d, data: data[0] != DATA  # keep b's next keypair unconfirmed
+    lab.send(a, b)
+    lab.filter = None
+    packets = [ipv4_packet("10.0.0.1", "10.0.0.2", bytes(1380)) for _ in range(16)]
+    sealed = [d for _, d in a.device.from_tunnel(packets, lab.now).datagrams]
+    pb = lab.peer(b, a)
+    assert pb.next is not None and pb.current is None
+    out = b.device.from_network([(a.endpoint, d) for d in sealed], lab.now)
+    assert len(out.packets) == 16 and pb.current is not None and pb.next is None
+    assert b.device.counters["bulk_batches"] == 1

@@ -211,3 +211,37 @@ def test_matches_naive_model(start: int, ops: list[tuple[bool, int]]) -> None:
         ref = base if absolute or model.greatest is None else model.greatest
         n = max(0, ref + off)
         assert w.validate(n) == model.validate(n), (n, model.greatest)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    before=st.lists(st.integers(0, 3 * COUNTER_BITS_TOTAL), max_size=40),
+    gap=st.integers(0, 2 * COUNTER_BITS_TOTAL),
+    length=st.integers(1, 200),
+)
+def test_a_fresh_run_accepted_at_once_equals_validating_each_counter(
+    before: list[int], gap: int, length: int
+) -> None:
+    one, bulk = ReplayWindow(), ReplayWindow()
+    for c in before:
+        one.validate(c)
+        bulk.validate(c)
+    first = bulk._next + gap
+    last = first + length - 1
+    assert bulk.fresh_run(first, last)
+    bulk.accept_run(first, last)
+    for c in range(first, last + 1):
+        assert one.validate(c)
+    assert (bulk._next, bulk._bitmap) == (one._next, one._bitmap)
+    # and afterwards both refuse and accept alike
+    for c in (first, last, last + 1, first - 1, last + COUNTER_BITS_TOTAL):
+        assert bulk.validate(c) == one.validate(c)
+
+
+def test_a_run_that_is_not_fresh_is_refused() -> None:
+    w = ReplayWindow()
+    w.validate(10)
+    assert not w.fresh_run(10, 20)  # 10 was seen
+    assert not w.fresh_run(5, 20)
+    assert w.fresh_run(11, 20)
+    assert not w.fresh_run(REJECT_AFTER_MESSAGES - 5, REJECT_AFTER_MESSAGES)

@@ -36,6 +36,29 @@ class ReplayWindow:
             bitmap[i] = 0
         self._next = 0
 
+    def fresh_run(self, first: int, last: int) -> bool:
+        """Whether counters first..last are all beyond every counter seen and within the
+        limit, so `accept_run` may take them in one go without looking at the bitmap."""
+        return self._next <= first <= last < REJECT_AFTER_MESSAGES
+
+    def accept_run(self, first: int, last: int) -> None:
+        """Mark the fresh run first..last (see `fresh_run`) as seen, a word at a time."""
+        lo, hi = first + 1, last + 1  # stored shifted by one, as in validate()
+        bitmap = self._bitmap
+        current_index = self._next >> 6
+        top_index = hi >> 6
+        # words the window slides over start empty
+        for i in range(current_index + 1, min(top_index, current_index + _WORDS) + 1):
+            bitmap[i & 127] = 0
+        lo = max(lo, (top_index - _WORDS + 1) << 6)  # older bits fall out of the ring
+        word = lo >> 6
+        while word <= top_index:
+            start = max(lo, word << 6) & 63
+            end = min(hi, (word << 6) + 63) & 63
+            bitmap[word & 127] |= ((1 << (end - start + 1)) - 1) << start
+            word += 1
+        self._next = hi
+
     def validate(self, counter: int) -> bool:
         """Accept ``counter`` and mark it seen (True), or reject it (False).
 
