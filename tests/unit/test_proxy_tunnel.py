@@ -1,0 +1,73 @@
+"""Two rootless tunnels (engine + userspace stack) talking over loopback UDP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from wiresnake.crypto import generate_private_key, public_key
+from wiresnake.protocol.settings import DeviceConfig, PeerConfig, parse_network
+from wiresnake.proxy.tunnel import Tunnel
+
+
+async def _pair() -> tuple[Tunnel, Tunnel]:
+    ka, kb = generate_private_key(), generate_private_key()
+    a = await Tunnel.open(DeviceConfig(ka), ["10.60.0.1/24", "fd60::1/64"], listen_host="127.0.0.1")
+    b = await Tunnel.open(DeviceConfig(kb), ["10.60.0.2/24", "fd60::2/64"], listen_host="127.0.0.1")
+    now = time.monotonic()
+    a.device.apply_peer(
+        PeerConfig(
+            public_key(kb),
+            endpoint=("127.0.0.1", b.listen_port),
+            allowed_ips=(parse_network("10.60.0.2/32"), parse_network("fd60::2/128")),
+        ),
+        now,
+    )
+    b.device.apply_peer(
+        PeerConfig(
+            public_key(ka),
+            allowed_ips=(parse_network("10.60.0.1/32"), parse_network("fd60::1/128")),
+        ),
+        now,
+    )
+    return a, b
+
+
+def test_ping_through_two_rootless_tunnels_over_ipv4_and_ipv6() -> None:
+    async def scenario() -> None:
+        a, b = await _pair()
+        async with a, b:
+            rtt = await a.ping("10.60.0.2", timeout=5)
+            assert 0 < rtt < 5
+            assert await a.ping("fd60::2", timeout=5) > 0
+            # b learned a's endpoint from the handshake and can ping back
+            assert await b.ping("10.60.0.1", timeout=5) > 0
+
+    asyncio.run(scenario())
+
+
+def test_udp_request_and_answer_through_the_tunnels() -> None:
+    async def scenario() -> None:
+        a, b = await _pair()
+        async with a, b:
+            server = b.udp_endpoint(53)
+            client = a.udp_endpoint()
+            client.sendto(b"query", ("10.60.0.2", 53))
+            data, (host, port) = await server.recvfrom(timeout=5)
+            assert (data, host, port) == (b"query", "10.60.0.1", client.port)
+            server.sendto(b"answer:" + data, (host, port))
+            assert (await client.recvfrom(timeout=5))[0] == b"answer:query"
+
+    asyncio.run(scenario())
+
+
+def test_ping_to_nobody_times_out() -> None:
+    async def scenario() -> None:
+        a, b = await _pair()
+        async with a, b:
+            with pytest.raises(TimeoutError):
+                await a.ping("10.60.0.99", timeout=0.5)
+
+    asyncio.run(scenario())
