@@ -253,7 +253,7 @@ def apply_set(host: UapiHost, req: SetRequest) -> None:
         if change.preshared_key is not None or change.clear_preshared_key:
             device.set_preshared_key(peer, change.preshared_key)
         if change.endpoint is not None:
-            device.set_endpoint(peer, change.endpoint)
+            device.set_endpoint(peer, change.endpoint, now)
         for op, net in change.allowed_ips:
             if net is None:
                 device.clear_allowed_ips(peer)
@@ -301,7 +301,7 @@ class UapiSession:
                 self._op = line
                 self._lines = []
                 return b""
-            self._log(f"UAPI: invalid operation {line[:40]!r}")
+            self._log("UAPI: invalid operation")  # the line may carry a key: not logged
             self.closed = True
             return b""
         if line:

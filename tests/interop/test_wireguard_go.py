@@ -83,3 +83,15 @@ def test_100_megabytes_cross_byte_exact(pair: Pair, direction: str) -> None:
         else (pair.hb, pair.ha, "10.50.0.1")
     )
     blast(src, dst, addr, 100 << 20, seed=7)
+
+
+def test_link_set_down_does_not_stop_the_daemon(pair: Pair) -> None:
+    pair.connect()
+    assert pair.ha.ping("10.50.0.2")
+    pair.ha.run("ip", "link", "set", pair.a.name, "down")
+    # traffic for the downed link arrives: TUN writes fail with EIO, which is not "deleted"
+    assert not pair.hb.ping("10.50.0.1", count=2, wait=1)
+    assert pair.a.proc.poll() is None
+    pair.ha.run("ip", "link", "set", pair.a.name, "up")
+    pair.ha.run("ip", "addr", "replace", "10.50.0.1/24", "dev", pair.a.name)
+    assert pair.hb.ping("10.50.0.1")

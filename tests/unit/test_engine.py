@@ -517,3 +517,42 @@ def test_a_bulk_batch_confirms_the_responders_new_session() -> None:
     out = b.device.from_network([(a.endpoint, d) for d in sealed], lab.now)
     assert len(out.packets) == 16 and pb.current is not None and pb.next is None
     assert b.device.counters["bulk_batches"] == 1
+
+
+def test_a_forged_packet_on_the_unconfirmed_index_confirms_nothing() -> None:
+    import struct
+
+    lab, a, b = pair()
+    lab.filter = lambda s, d, data: data[0] != DATA  # a's confirming packet is lost
+    lab.send(a, b)
+    pb = lab.peer(b, a)
+    assert pb.next is not None
+    forged = struct.pack("<IIQ", DATA, pb.next.local_index, 0) + bytes(32)
+    out = b.device.from_network([(("203.0.113.9", 9), forged)], lab.now)
+    assert not out and b.device.counters["decrypt_failed"] == 1
+    assert pb.next is not None and pb.current is None and pb.last_handshake is None
+    assert pb.endpoint == a.endpoint
+
+
+def test_crossing_initiations_leave_no_stale_handshake_index() -> None:
+    lab, a, b = pair()
+    for _ in range(20):
+        # both sides start a handshake at once; each answers the other's
+        lab.filter = lambda s, d, data: False
+        lab.send(a, b)
+        lab.send(b, a)
+        lab.filter = None
+        lab.run(REKEY_TIMEOUT + 1)
+        lab.run(ZERO_KEYS_AFTER + 1)  # sessions wiped, so the next round starts afresh
+    for host, other in ((a, b), (b, a)):
+        assert set(host.device._handshakes.values()) <= {lab.peer(host, other)}
+        assert len(host.device._handshakes) <= 1
+
+
+def test_the_responder_sends_no_initiation_of_its_own_right_after_answering() -> None:
+    lab, a, b = pair()
+    lab.filter = lambda s, d, data: not (s == a.endpoint and data[0] == DATA)
+    lab.send(a, b)  # b answers; a's confirming packet is lost
+    lab.run(0.1)
+    lab.send(b, a)  # b has data but no confirmed session: it waits, as the reference
+    assert [w[3][0] for w in lab.datagrams(b)] == [RESP]

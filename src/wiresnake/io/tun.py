@@ -22,7 +22,8 @@ _SIOCGIFMTU = 0x8921
 _SIOCSIFMTU = 0x8922
 _IFNAMSIZ = 16
 # errors a TUN read or write gives once its interface is deleted
-_GONE = {errno.EBADFD, errno.EIO, errno.ENXIO, errno.ENODEV, errno.EINVAL}
+# (EIO is only "link down", which `ip link set up` undoes: not a reason to exit)
+_GONE = {errno.EBADFD, errno.ENXIO, errno.ENODEV}
 
 
 class TunGone(Exception):

@@ -237,8 +237,14 @@ class Device:
             raise ValueError("preshared key must be 32 bytes")
         peer.handshake.preshared_key = psk if psk is not None else bytes(32)
 
-    def set_endpoint(self, peer: Peer, endpoint: Endpoint | None) -> None:
+    def set_endpoint(self, peer: Peer, endpoint: Endpoint | None, now: float | None = None) -> None:
+        """With a persistent keepalive configured, a first endpoint sends one at once (on
+        the next tick), as switching the keepalive on does."""
+        first = peer.endpoint is None
         peer.endpoint = endpoint
+        if first and endpoint is not None and peer.persistent_keepalive and now is not None:
+            peer.persistent_keepalive_at = now
+            self._reschedule(peer)
 
     def set_persistent_keepalive(self, peer: Peer, seconds: int, now: float) -> None:
         """Switching it on sends a keepalive at once (on the next tick), as the reference."""
@@ -439,6 +445,7 @@ class Device:
         entry: list[Any] = []
         open_ = _NO_AEAD.decrypt
         validate = _NO_PEER_REPLAY.validate
+        unconfirmed: Keypair | None = None
         for src, data in datagrams:
             n = len(data)
             if n < 32:  # shorter than any message
@@ -469,8 +476,9 @@ class Device:
                 peer = kp.peer
                 last_src = None
                 allowed_source = b""
-                if kp is peer.next:
-                    self._confirm(peer, kp, now)
+                # the responder's next keypair is confirmed by the first packet that
+                # authenticates on it, never by its (cleartext) index alone
+                unconfirmed = kp if kp is peer.next else None
             try:
                 pt = open_(_PACK_NONCE(counter), data[16:], None)
             except InvalidTag:
@@ -479,6 +487,9 @@ class Device:
             if not validate(counter):  # also refuses counters past REJECT_AFTER_MESSAGES
                 counters["replayed"] += 1
                 continue
+            if unconfirmed is not None:
+                self._confirm(peer, unconfirmed, now)
+                unconfirmed = None
             peer.rx_bytes += n
             if src != last_src:
                 last_src = src
@@ -716,6 +727,10 @@ class Device:
             return
         peer.rx_bytes += len(data)
         self._authenticated_receive(peer, src, now, out)
+        # an initiation of ours still pending is superseded: free its index
+        pending = peer.handshake.local_index
+        if pending and self._handshakes.get(pending) is peer:
+            del self._handshakes[pending]
         index = self._new_index()
         made = peer.handshake.create_response(PrivateKey(self._rng(32)), index)
         if made is None:
@@ -734,6 +749,8 @@ class Device:
         )
         self._begin_session(peer, kp)
         self._packet_sent(peer, now)
+        # a response counts as a handshake sent: no initiation of ours right behind it
+        peer.last_sent_handshake = now
         self._send_raw(peer, bytes(response), out)
         self._reschedule(peer)
 
@@ -913,6 +930,8 @@ class Device:
         if peer.zero_keys_at is not None and peer.zero_keys_at <= now:
             peer.zero_keys_at = None
             self._clear_sessions(peer)
+            self.counters["staged_dropped"] += len(peer.staged)
+            peer.staged.clear()
         if peer.persistent_keepalive_at is not None and peer.persistent_keepalive_at <= now:
             peer.persistent_keepalive_at = None
             if peer.persistent_keepalive:
