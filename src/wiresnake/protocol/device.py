@@ -500,11 +500,12 @@ class Device:
                     found[0] = src
                 entry = found
             m = len(pt)
+            if not m:
+                continue  # a keepalive
+            entry[1] = True  # data, even if malformed inside, as the reference counts it
             if m < 20:
-                if m:
-                    counters["inner_malformed"] += 1
-                continue  # else a keepalive
-            entry[1] = True
+                counters["inner_malformed"] += 1
+                continue
             first, total, source = _UNPACK_V4(pt)
             if first >> 4 == 4:
                 if total < 20:
