@@ -12,13 +12,16 @@ in its `SocketSet`, and three calls that drive it, with time as an argument:
     iface.next_deadline()                       # when to poll again if nothing arrives
 
 Modules: `checksum` (RFC 1071), `ip` (headers), `sockets` (the socket base and set),
-`icmp` (echo, errors, `IcmpSocket`), `udp` (`UdpSocket`), `iface` (`Interface`).
+`icmp` (echo, errors, `IcmpSocket`), `udp` (`UdpSocket`), `tcp` (the connection state
+machine), `tcpsock` (TCP on the interface: `TcpSocket`, `TcpListener`, `connect`), `iface`
+(`Interface`).
 """
 
 from wiresnake.netstack.icmp import EchoReply, IcmpError, IcmpSocket
 from wiresnake.netstack.iface import Interface
 from wiresnake.netstack.ip import IpPacket
 from wiresnake.netstack.sockets import Endpoint, Socket, SocketSet
+from wiresnake.netstack.tcpsock import TcpListener, TcpSocket
 from wiresnake.netstack.udp import UdpSocket
 
 __all__ = [
@@ -30,5 +33,7 @@ __all__ = [
     "IpPacket",
     "Socket",
     "SocketSet",
+    "TcpListener",
+    "TcpSocket",
     "UdpSocket",
 ]

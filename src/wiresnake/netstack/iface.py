@@ -5,8 +5,8 @@ now)` takes IP packets from the tunnel (the engine's `from_network(...).packets`
 `poll(now)` answers the IP packets to send (for the engine's `from_tunnel`) and
 `next_deadline()` says when `poll` is next needed even if nothing arrives.  The sockets live
 in `sockets`; each IP protocol has an input function in `PROTOCOLS` that finds the socket a
-packet is for, or answers for the missing one (ICMP port unreachable, and a TCP reset once
-TCP joins the table).  Time is only ever an argument.
+packet is for, or answers for the missing one (ICMP port unreachable, a TCP reset).  Time
+is only ever an argument.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_interface
 
-from wiresnake.netstack import icmp, udp
+from wiresnake.netstack import icmp, tcpsock, udp
 from wiresnake.netstack.ip import (
     DEFAULT_TTL,
     PROTO_ICMP,
     PROTO_ICMPV6,
+    PROTO_TCP,
     PROTO_UDP,
     AddressLike,
     IpPacket,
@@ -49,6 +50,7 @@ PROTOCOLS: dict[int, Input] = {
     PROTO_ICMP: icmp.receive_v4,
     PROTO_ICMPV6: icmp.receive_v6,
     PROTO_UDP: udp.receive,
+    PROTO_TCP: tcpsock.receive,
 }
 """The input function of each IP protocol the stack speaks; others get protocol
 unreachable."""

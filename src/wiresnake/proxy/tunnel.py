@@ -12,16 +12,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
 
+from wiresnake.netstack import tcpsock
 from wiresnake.netstack.icmp import IcmpSocket
 from wiresnake.netstack.iface import Interface
+from wiresnake.netstack.tcp import State, TcpError, TcpUsageError
 from wiresnake.netstack.udp import UdpSocket
 from wiresnake.protocol.device import Device, Output
 from wiresnake.protocol.peer import Endpoint
 from wiresnake.protocol.settings import DeviceConfig
 
-__all__ = ["Tunnel", "UdpEndpoint"]
+__all__ = ["TcpServer", "Tunnel", "UdpEndpoint"]
+
+ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -50,6 +55,9 @@ class Tunnel:
         self._timer_at: float | None = None
         # set after every round of input, so waiters look at their sockets again
         self._changed = asyncio.Event()
+        # TCP transports and servers, serviced after every round
+        self._streams: dict[_TcpTransport | TcpServer, None] = {}
+        self._servicing = False
 
     @classmethod
     async def open(
@@ -83,6 +91,9 @@ class Tunnel:
         self.close()
 
     def close(self) -> None:
+        for stream in list(self._streams):
+            stream.close()
+        self._streams.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -113,6 +124,17 @@ class Tunnel:
         packets = self.iface.poll(now)
         if packets:
             self._send(self.device.from_tunnel(packets, now))
+        if self._streams and not self._servicing:
+            # hand received bytes to the streams and take what they wrote, then send it
+            self._servicing = True
+            try:
+                for stream in list(self._streams):
+                    stream._service()
+            finally:
+                self._servicing = False
+            packets = self.iface.poll(now)
+            if packets:
+                self._send(self.device.from_tunnel(packets, now))
         self._changed.set()
         self._changed = asyncio.Event()
         self._reschedule()
@@ -169,6 +191,267 @@ class Tunnel:
 
     def udp_endpoint(self, port: int = 0, address: str | None = None) -> UdpEndpoint:
         return UdpEndpoint(self, UdpSocket(self.iface, port, address))
+
+    def _kick(self) -> None:
+        if self._transport is not None:  # not once closed
+            self._pump(time.monotonic())
+
+    def _attach(
+        self, sock: tcpsock.TcpSocket, protocol: asyncio.StreamReaderProtocol
+    ) -> _TcpTransport:
+        transport = _TcpTransport(self, sock, protocol)
+        self._streams[transport] = None
+        protocol.connection_made(transport)
+        self._loop.call_soon(self._kick)  # bytes may have come with the handshake
+        return transport
+
+    async def open_connection(
+        self, host: str, port: int, *, limit: int = 2**16, timeout: float = 30.0
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A TCP connection through the tunnel to (host, port); `host` is an IP literal.
+
+        ConnectionRefusedError if the peer resets the SYN, TimeoutError if nothing answers.
+        """
+        now = time.monotonic()
+        sock = tcpsock.connect(self.iface, (host, port), now)
+        self._pump(now)
+        deadline = now + timeout
+        try:
+            while sock.state in (State.SYN_SENT, State.SYN_RECEIVED):
+                await self._wait_change(deadline)
+        except BaseException:
+            sock.abort()
+            self._kick()
+            raise
+        if sock.state is State.CLOSED:
+            raise _exception(sock.conn.error or TcpError.RESET)
+        loop = self._loop
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport = self._attach(sock, protocol)
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    async def start_server(
+        self,
+        client_connected_cb: ClientConnected,
+        port: int,
+        *,
+        host: str | None = None,
+        backlog: int = tcpsock.BACKLOG,
+        limit: int = 2**16,
+    ) -> TcpServer:
+        """Accept TCP connections on `port` of the tunnel's addresses (or only `host`),
+        calling `client_connected_cb(reader, writer)` for each, as `asyncio.start_server`."""
+        listener = tcpsock.TcpListener(self.iface, port, host, backlog=backlog)
+        server = TcpServer(self, listener, client_connected_cb, limit)
+        self._streams[server] = None
+        return server
+
+
+def _exception(error: TcpError) -> OSError:
+    if error is TcpError.REFUSED:
+        return ConnectionRefusedError(error.value)
+    if error is TcpError.TIMEOUT:
+        return TimeoutError(error.value)
+    return ConnectionResetError(error.value)
+
+
+class TcpServer:
+    """What `Tunnel.start_server` answers: `close()` it (or `async with`) to stop."""
+
+    def __init__(
+        self,
+        tunnel: Tunnel,
+        listener: tcpsock.TcpListener,
+        callback: ClientConnected,
+        limit: int,
+    ) -> None:
+        self.tunnel = tunnel
+        self.listener = listener
+        self._callback = callback
+        self._limit = limit
+
+    @property
+    def port(self) -> int:
+        return self.listener.port
+
+    def is_serving(self) -> bool:
+        return not self.listener.closed
+
+    def _service(self) -> None:
+        tunnel = self.tunnel
+        while (sock := self.listener.accept()) is not None:
+            reader = asyncio.StreamReader(limit=self._limit, loop=tunnel._loop)
+            protocol = asyncio.StreamReaderProtocol(reader, self._callback, loop=tunnel._loop)
+            tunnel._attach(sock, protocol)
+
+    def close(self) -> None:
+        self.listener.close()
+        self.tunnel._streams.pop(self, None)
+
+    async def wait_closed(self) -> None:
+        return None
+
+    async def __aenter__(self) -> TcpServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _TcpTransport(asyncio.Transport):
+    """An asyncio transport over a `TcpSocket` of the tunnel's stack."""
+
+    def __init__(
+        self, tunnel: Tunnel, sock: tcpsock.TcpSocket, protocol: asyncio.StreamReaderProtocol
+    ) -> None:
+        super().__init__({"peername": sock.peername, "sockname": sock.sockname, "socket": None})
+        self._tunnel = tunnel
+        self._sock = sock
+        self._protocol = protocol
+        self._buffer = bytearray()
+        self._high = 64 * 1024
+        self._low = 16 * 1024
+        self._writing_paused = False
+        self._reading_paused = False
+        self._closing = False
+        self._eof_requested = False
+        self._shut = False
+        self._eof_seen = False
+        self._lost = False
+
+    # -- asyncio.Transport -------------------------------------------------------------------
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        raise NotImplementedError("the protocol of a tunnel transport is fixed")
+
+    def is_closing(self) -> bool:
+        return self._closing or self._lost
+
+    def is_reading(self) -> bool:
+        return not self._reading_paused and not self._lost
+
+    def pause_reading(self) -> None:
+        self._reading_paused = True
+
+    def resume_reading(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            self._tunnel._loop.call_soon(self._tunnel._kick)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = 64 * 1024 if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high}) must be >= low ({low}) must be >= 0")
+        self._high, self._low = high, low
+
+    def get_write_buffer_size(self) -> int:
+        return len(self._buffer)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low, self._high)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or self._eof_requested or self._lost:
+            return
+        if not data:
+            return
+        self._buffer += data
+        self._flush()
+        self._tunnel._kick()
+
+    def writelines(self, list_of_data: Iterable[Any]) -> None:
+        self.write(b"".join(list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        if self._closing or self._eof_requested:
+            return
+        self._eof_requested = True
+        self._flush()
+        self._tunnel._kick()
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._flush()
+        self._tunnel._kick()
+
+    def abort(self) -> None:
+        self._closing = True
+        self._buffer.clear()
+        self._sock.abort()
+        self._tunnel._streams.pop(self, None)
+        self._lose(None)
+        self._tunnel._kick()
+
+    # -- the tunnel's side ---------------------------------------------------------------------
+
+    def _lose(self, exc: Exception | None) -> None:
+        if not self._lost:
+            self._lost = True
+            self._tunnel._loop.call_soon(self._protocol.connection_lost, exc)
+
+    def _flush(self) -> None:
+        sock, buffer = self._sock, self._buffer
+        if buffer:
+            if sock.conn.state is State.CLOSED:
+                buffer.clear()
+            else:
+                try:
+                    n = sock.send(buffer)
+                except TcpUsageError:
+                    buffer.clear()
+                else:
+                    del buffer[:n]
+        if not buffer and (self._closing or self._eof_requested):
+            if not self._shut:
+                self._shut = True
+                sock.shutdown()
+            if self._closing:
+                self._lose(None)
+        size = len(buffer)
+        if not self._writing_paused and size > self._high:
+            self._writing_paused = True
+            self._protocol.pause_writing()
+        elif self._writing_paused and size <= self._low:
+            self._writing_paused = False
+            self._protocol.resume_writing()
+
+    def _service(self) -> None:
+        sock = self._sock
+        self._flush()
+        if self._lost:
+            while sock.recv(1 << 16):
+                pass  # closed by us: what still arrives is discarded
+        else:
+            if not self._reading_paused:
+                while not self._reading_paused and not self._lost:
+                    data = sock.recv(1 << 16)
+                    if not data:
+                        break
+                    self._protocol.data_received(data)
+            conn = sock.conn
+            if not self._lost and conn.error is not None:
+                self._buffer.clear()
+                self._lose(_exception(conn.error))
+            elif not self._lost and not self._eof_seen and conn.eof:
+                self._eof_seen = True
+                if not self._protocol.eof_received():
+                    self.close()
+            if not self._lost and sock.closed:
+                self._lose(None)
+        if sock.closed:
+            self._tunnel._streams.pop(self, None)
 
 
 class UdpEndpoint:
