@@ -59,6 +59,7 @@ unreachable."""
 ICMP_ERRORS_PER_SECOND = 1000.0
 ICMP_ERRORS_BURST = 50
 
+_UNSPECIFIED = (bytes(4), bytes(16))
 _MIN_MTU_V4 = 68  # RFC 791
 _MIN_MTU_V6 = 1280  # RFC 8200 section 5
 
@@ -120,6 +121,15 @@ class Interface:
 
     def is_local(self, address: bytes) -> bool:
         return address in self._local
+
+    def bind_address(self, address: AddressLike | None) -> bytes | None:
+        """The packed address a socket binds to; None (and 0.0.0.0 or ::) mean every one."""
+        bound = None if address is None else pack_address(address)
+        if bound in _UNSPECIFIED:
+            return None
+        if bound is not None and not self.is_local(bound):
+            raise OSError(errno.EADDRNOTAVAIL, f"{address} is not an address of the interface")
+        return bound
 
     # ------------------------------------------------------------------ the three calls
 

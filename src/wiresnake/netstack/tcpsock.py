@@ -11,7 +11,6 @@ reset (never a reset for a reset).  `connect()` opens a connection from an ephem
 
 from __future__ import annotations
 
-import errno
 import struct
 from collections import Counter, deque
 from typing import TYPE_CHECKING
@@ -54,7 +53,6 @@ BACKLOG = 128
 _HEADER = struct.Struct("!HHIIBBHHH")
 _UNPACK = _HEADER.unpack_from
 _FLAGS = 0x3F
-_UNSPECIFIED = (bytes(4), bytes(16))
 
 
 def mss_for(mtu: int, version: int) -> int:
@@ -248,11 +246,7 @@ class TcpListener(Socket):
         config: TcpConfig | None = None,
     ) -> None:
         super().__init__(iface)
-        bound = None if address is None else pack_address(address)
-        if bound in _UNSPECIFIED:
-            bound = None
-        if bound is not None and not iface.is_local(bound):
-            raise OSError(errno.EADDRNOTAVAIL, f"{address} is not an address of the interface")
+        bound = iface.bind_address(address)
         self._bound = bound
         self.port = iface.sockets.bind(self, PROTO_TCP, bound, port)
         self.backlog = backlog

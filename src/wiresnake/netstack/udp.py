@@ -32,7 +32,6 @@ receive buffer drops them."""
 
 _HEADER = struct.Struct("!HHHH")
 _UNPACK = _HEADER.unpack_from
-_UNSPECIFIED = (bytes(4), bytes(16))
 
 
 class UdpSocket(Socket):
@@ -51,11 +50,7 @@ class UdpSocket(Socket):
         queue: int = RECEIVE_QUEUE,
     ) -> None:
         super().__init__(iface)
-        bound = None if address is None else pack_address(address)
-        if bound in _UNSPECIFIED:
-            bound = None
-        if bound is not None and not iface.is_local(bound):
-            raise OSError(errno.EADDRNOTAVAIL, f"{address} is not an address of the interface")
+        bound = iface.bind_address(address)
         self._bound = bound
         self.port = iface.sockets.bind(self, PROTO_UDP, bound, port)
         self.queue = queue
