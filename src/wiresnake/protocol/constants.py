@@ -31,9 +31,7 @@ UNDER_LOAD_HANDSHAKES = 1024 // 8
 # as the reference drops them when its handshake queue is full: a flood costs little more
 # than its reads, and transport packets in the same batches still get through
 HANDSHAKES_PER_BATCH = 16
+# under load, at most this many (so at most this many cookie replies) per batch
 UNDER_LOAD_HANDSHAKES_PER_BATCH = 8
-# under load, at most this many cookie replies per batch of received datagrams: the rest of
-# a flood is dropped after the cheap MAC checks (the reference drops when its queue is full)
-COOKIE_REPLIES_PER_BATCH = 8
 PADDING_MULTIPLE = 16
 DEFAULT_MTU = 1420

@@ -38,7 +38,6 @@ from wiresnake.crypto import (
 from wiresnake.protocol import noise
 from wiresnake.protocol.allowedips import AllowedIPs
 from wiresnake.protocol.constants import (
-    COOKIE_REPLIES_PER_BATCH,
     DEFAULT_MTU,
     HANDSHAKES_PER_BATCH,
     KEEPALIVE_TIMEOUT,
@@ -155,7 +154,6 @@ class Device:
         self._load_window_start = float("-inf")
         self._load_count = 0
         self._under_load_until = float("-inf")
-        self._cookie_budget = COOKIE_REPLIES_PER_BATCH
         self._static: PrivateKey | None = None
         self._checker: CookieChecker | None = None
         self._own_hash = b""
@@ -648,12 +646,11 @@ class Device:
         if self._load_count >= self.under_load_handshakes:
             self._under_load_until = now + UNDER_LOAD_AFTER_TIME
         under_load = now < self._under_load_until
+        # under load, the messages past the cap are dropped unread: cookie replies are the
+        # dear part of a flood, and a few per batch keep the loop reading transport
         if under_load and len(batch) > UNDER_LOAD_HANDSHAKES_PER_BATCH:
             self.counters["handshake_dropped"] += len(batch) - UNDER_LOAD_HANDSHAKES_PER_BATCH
             batch = batch[:UNDER_LOAD_HANDSHAKES_PER_BATCH]
-        # cookie replies are the dear part of a flood; a few per batch keep the loop
-        # reading, so sessions already up are not starved of their transport packets
-        self._cookie_budget = COOKIE_REPLIES_PER_BATCH
         for src, data in batch:
             kind = data[0]
             try:
@@ -665,9 +662,6 @@ class Device:
                     self._on_cookie_reply(data, now)
             except MessageError:
                 self.counters["malformed"] += 1
-
-    def under_load(self, now: float) -> bool:
-        return now < self._under_load_until
 
     def _admit(
         self,
