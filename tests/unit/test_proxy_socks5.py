@@ -4,38 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import struct
-import time
 
-from wiresnake.crypto import generate_private_key, public_key
-from wiresnake.protocol.settings import DeviceConfig, PeerConfig, parse_network
+from test_proxy_streams import _echo
+from test_proxy_tunnel import _pair
+
 from wiresnake.proxy.socks5 import serve_socks5
-from wiresnake.proxy.tunnel import Tunnel
-
-
-async def _pair() -> tuple[Tunnel, Tunnel]:
-    ka, kb = generate_private_key(), generate_private_key()
-    a = await Tunnel.open(DeviceConfig(ka), ["10.61.0.1/24"], listen_host="127.0.0.1")
-    b = await Tunnel.open(DeviceConfig(kb), ["10.61.0.2/24"], listen_host="127.0.0.1")
-    now = time.monotonic()
-    a.device.apply_peer(
-        PeerConfig(
-            public_key(kb),
-            endpoint=("127.0.0.1", b.listen_port),
-            allowed_ips=(parse_network("10.61.0.2/32"),),
-        ),
-        now,
-    )
-    b.device.apply_peer(
-        PeerConfig(public_key(ka), allowed_ips=(parse_network("10.61.0.1/32"),)), now
-    )
-    return a, b
-
-
-async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while data := await reader.read(65536):
-        writer.write(data)
-        await writer.drain()
-    writer.close()
 
 
 async def _socks_connect(
@@ -62,7 +35,7 @@ def test_connect_through_socks5_and_the_tunnel_echoes_bytes_exact() -> None:
             await b.start_server(_echo, 7)
             proxy = await serve_socks5(a.open_connection, "127.0.0.1", 0)
             port = proxy.sockets[0].getsockname()[1]
-            reader, writer, code = await _socks_connect(port, bytes([10, 61, 0, 2]), 7)
+            reader, writer, code = await _socks_connect(port, bytes([10, 60, 0, 2]), 7)
             assert code == 0
             payload = bytes(range(256)) * 1024
             writer.write(payload)
@@ -80,7 +53,7 @@ def test_a_closed_port_behind_the_tunnel_is_connection_refused() -> None:
         async with a, b:
             proxy = await serve_socks5(a.open_connection, "127.0.0.1", 0)
             port = proxy.sockets[0].getsockname()[1]
-            _, writer, code = await _socks_connect(port, bytes([10, 61, 0, 2]), 9)
+            _, writer, code = await _socks_connect(port, bytes([10, 60, 0, 2]), 9)
             assert code == 5  # connection refused
             writer.close()
             proxy.close()
@@ -95,11 +68,11 @@ def test_username_and_password_are_required_when_configured() -> None:
             await b.start_server(_echo, 7)
             proxy = await serve_socks5(a.open_connection, "127.0.0.1", 0, "alice", "s3cret")
             port = proxy.sockets[0].getsockname()[1]
-            _, w1, code = await _socks_connect(port, bytes([10, 61, 0, 2]), 7, (b"alice", b"no"))
+            _, w1, code = await _socks_connect(port, bytes([10, 60, 0, 2]), 7, (b"alice", b"no"))
             assert code == -1
             w1.close()
             r2, w2, code = await _socks_connect(
-                port, bytes([10, 61, 0, 2]), 7, (b"alice", b"s3cret")
+                port, bytes([10, 60, 0, 2]), 7, (b"alice", b"s3cret")
             )
             assert code == 0
             w2.write(b"ping")
