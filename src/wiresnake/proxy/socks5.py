@@ -16,6 +16,8 @@ import ipaddress
 import struct
 from collections.abc import Awaitable, Callable
 
+from wiresnake.proxy.relay import relay
+
 __all__ = ["Socks5Server", "serve_socks5"]
 
 VERSION = 5
@@ -111,34 +113,13 @@ class Socks5Server:
                 return
             writer.write(_reply(REP_OK))
             await writer.drain()
-            await _relay(reader, writer, remote_r, remote_w)
+            await relay(reader, writer, remote_r, remote_w)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         finally:
             with contextlib.suppress(Exception):
                 await writer.drain()
             writer.close()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (ConnectionError, OSError):
-        writer.close()
-
-
-async def _relay(
-    a_r: asyncio.StreamReader,
-    a_w: asyncio.StreamWriter,
-    b_r: asyncio.StreamReader,
-    b_w: asyncio.StreamWriter,
-) -> None:
-    await asyncio.gather(_pipe(a_r, b_w), _pipe(b_r, a_w))
-    b_w.close()
 
 
 async def serve_socks5(
