@@ -390,6 +390,13 @@ def cmd_up_down(argv: Sequence[str]) -> int:
     return quick.main(argv)
 
 
+def cmd_proxy(argv: Sequence[str]) -> int:
+    """`proxy CONFIG`: rootless proxy mode, as wireproxy (see `proxy.command`)."""
+    from wiresnake.proxy import command
+
+    return command.main(argv[1:])
+
+
 # ---------------------------------------------------------------------------------------
 # Dispatch
 
@@ -397,6 +404,7 @@ SUBCOMMANDS: Final[tuple[Subcommand, ...]] = (
     # Later sessions add, in this table: up, down, proxy, mesh.
     Subcommand("up", cmd_up_down, "Brings up a WireGuard interface from a wg-quick file"),
     Subcommand("down", cmd_up_down, "Takes down a WireGuard interface brought up from a file"),
+    Subcommand("proxy", cmd_proxy, "Runs a rootless SOCKS5/HTTP proxy from a wireproxy file"),
     Subcommand("show", cmd_show, "Shows the current configuration and device information"),
     Subcommand(
         "showconf",

@@ -1,0 +1,113 @@
+"""`wiresnake proxy [-c] CONFIG [-i ADDR] [-s] [-n]`: wireproxy's command line.
+
+Reads a wireproxy configuration, brings the rootless tunnel and its front ends up, and runs
+until SIGINT, SIGTERM or SIGQUIT (or, with a `[STDIOTunnel]`, until stdin and the
+connection are done). `-i ADDR` serves /readyz and /metrics, `-s` logs only errors, `-n`
+checks the configuration and exits. No privilege is needed unless a port below 1024 is.
+Errors in the file are reported as FILE:LINE: message, with exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from wiresnake.config import EndpointSpec
+from wiresnake.proxy.app import ProxyApp, StartError
+from wiresnake.proxy.config import (
+    ProxyConfigError,
+    find_default_config,
+    read_proxy_config,
+)
+
+__all__ = ["main"]
+
+log = logging.getLogger("wiresnake.proxy")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="wiresnake proxy",
+        description="Userspace WireGuard client for proxying (wireproxy's configuration format)",
+    )
+    p.add_argument("config", nargs="?", help="path of the configuration file")
+    p.add_argument("-c", "--config", dest="config_opt", metavar="CONFIG", help="the same")
+    p.add_argument("-i", "--info", metavar="ADDR", help="serve /readyz and /metrics on ADDR")
+    p.add_argument("-s", "--silent", action="store_true", help="log errors only")
+    p.add_argument("-n", "--configtest", action="store_true", help="check the file and exit")
+    return p
+
+
+def _info_address(text: str) -> EndpointSpec:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"-i {text}: expected HOST:PORT")
+    return EndpointSpec(host.strip("[]"), int(port))
+
+
+async def _run(app: ProxyApp) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await app.start()
+    except StartError as e:
+        log.error("%s", e)
+        return 1
+    for b in app.bound:
+        log.info("%s listening on %s port %d", b.what, b.host, b.port)
+    log.info("tunnel up on UDP port %d", app.tunnel.listen_port if app.tunnel else 0)
+    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(app.done.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+        await app.close()
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    """`argv` starts after the word `proxy`."""
+    args = _parser().parse_args(list(argv))
+    logging.basicConfig(
+        level=logging.ERROR if args.silent else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    path = args.config_opt or args.config or find_default_config()
+    if path is None:
+        print("configuration path is required", file=sys.stderr)
+        return 1
+    try:
+        config = read_proxy_config(path)
+        info = _info_address(args.info) if args.info else None
+    except (ProxyConfigError, ValueError) as e:
+        print(e, file=sys.stderr)
+        return 1
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    if args.configtest:
+        print("Config OK")
+        return 0
+    try:
+        app = ProxyApp(config, info=info)
+    except ProxyConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    try:
+        return asyncio.run(_run(app))
+    except ProxyConfigError as e:  # an Endpoint name that does not resolve
+        print(e, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        with contextlib.suppress(Exception):
+            logging.shutdown()
