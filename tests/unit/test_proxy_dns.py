@@ -393,6 +393,23 @@ def test_resolve_through_the_tunnel_in_strategy_order_and_from_cache() -> None:
     asyncio.run(asyncio.wait_for(scenario(), 5))
 
 
+def test_concurrent_lookups_of_one_name_share_one_pair_of_queries() -> None:
+    async def scenario() -> None:
+        async with _tunnels() as (a, _b, server):
+            resolver = Resolver(a, ["10.60.0.2"])
+            answers = await asyncio.gather(*(resolver.resolve("www.test") for _ in range(50)))
+            assert all(x == ["10.60.0.2", "fd60::2"] for x in answers)
+            assert len(server.queries) == 2
+            # a failure reaches every waiter, and is not remembered
+            errors = await asyncio.gather(
+                *(resolver.resolve("nope.test") for _ in range(5)), return_exceptions=True
+            )
+            assert all(isinstance(e, NameResolutionError) for e in errors)
+            assert len(server.queries) == 4
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))
+
+
 def test_max_ttl_caps_the_cache_and_short_ttls_expire() -> None:
     async def scenario() -> None:
         async with _tunnels() as (a, _b, server):

@@ -381,7 +381,8 @@ class Resolver:
 
     Addresses come with the `strategy` family first. Answers with at least one address are
     cached for their smallest TTL, at most `max_ttl` seconds, read from `clock`; failures
-    and NXDOMAIN are not cached. An IP literal is answered as is, without a query.
+    and NXDOMAIN are not cached. Concurrent look-ups of one name share one set of
+    queries. An IP literal is answered as is, without a query.
     """
 
     def __init__(
@@ -409,6 +410,7 @@ class Resolver:
         self.max_ttl = max_ttl
         self.clock = clock
         self._cache: dict[str, _Cached] = {}
+        self._inflight: dict[str, asyncio.Future[tuple[tuple[str, ...], tuple[str, ...]]]] = {}
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -429,6 +431,21 @@ class Resolver:
             if self.clock() < cached.expires:
                 return self._ordered(cached.v4, cached.v6)
             del self._cache[name]
+        # one query in flight per name: a burst of connections to one host asks once
+        flight = self._inflight.get(name)
+        if flight is None:
+            flight = asyncio.ensure_future(self._query_both(host, name))
+            self._inflight[name] = flight
+            flight.add_done_callback(lambda f: self._landed(name, f))
+        four, six = await asyncio.shield(flight)
+        return self._ordered(four, six)
+
+    def _landed(self, name: str, flight: asyncio.Future[object]) -> None:
+        self._inflight.pop(name, None)
+        if not flight.cancelled():
+            flight.exception()  # retrieved here, so a flight nobody awaits any more is quiet
+
+    async def _query_both(self, host: str, name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         v4, v6 = await asyncio.gather(
             self._lookup(host, name, TYPE_A),
             self._lookup(host, name, TYPE_AAAA),
@@ -446,7 +463,7 @@ class Resolver:
                 lifetime = min(min(ttls), self.max_ttl)
                 if lifetime > 0:
                     self._cache[name] = _Cached(self.clock() + lifetime, four, six)
-            return self._ordered(four, six)
+            return four, six
         errors = [r for r in (v4, v6) if isinstance(r, NameResolutionError)]
         if errors:
             # NXDOMAIN is the more telling of two errors
