@@ -191,7 +191,7 @@ BindAddress = 127.0.0.1:{port}
         app = ProxyApp(parse_proxy_config(text, "p.conf"))
         with pytest.raises(StartError, match=r"p\.conf:11: cannot listen for HTTP"):
             await app.start()
-        assert app.tunnel is not None and app.tunnel._transport is None  # closed again
+        assert app.tunnel is not None and app.tunnel._udp is None  # closed again
         blocker.close()
 
     asyncio.run(scenario())

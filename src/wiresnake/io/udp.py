@@ -26,13 +26,17 @@ def _gro_wanted() -> bool:
 
 
 class UdpSockets:
-    """Sockets for the device's listen port; port 0 picks a free one for both families."""
+    """Sockets for the device's listen port; port 0 picks a free one for both families.
 
-    def __init__(self, port: int = 0, fwmark: int = 0) -> None:
+    With `host`, only that address's family is bound, to that address (a rootless tunnel
+    on loopback, say)."""
+
+    def __init__(self, port: int = 0, fwmark: int = 0, host: str | None = None) -> None:
         self.v4: socket.socket | None = None
         self.v6: socket.socket | None = None
         self.port = 0
         self.fwmark = fwmark
+        self.host = host
         self.send_errors = 0
         # UDP_SEGMENT until the kernel refuses it once; then one sendto per datagram
         self.gso = True
@@ -53,7 +57,8 @@ class UdpSockets:
             if _gro_wanted():
                 with contextlib.suppress(OSError):  # older kernels: one datagram per read
                     s.setsockopt(_SOL_UDP, _UDP_GRO, 1)
-            s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+            wildcard = "::" if family == socket.AF_INET6 else "0.0.0.0"
+            s.bind((self.host or wildcard, port))
             s.setblocking(False)
         except BaseException:
             s.close()
@@ -62,6 +67,13 @@ class UdpSockets:
 
     def bind(self, port: int) -> None:
         """(Re)bind both families to `port`; on failure the old sockets stay in place."""
+        if self.host is not None:
+            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            sock = self._open(family, port)
+            self.close()
+            self.v4, self.v6 = (None, sock) if family == socket.AF_INET6 else (sock, None)
+            self.port = sock.getsockname()[1]
+            return
         for _attempt in range(16):
             v4 = self._open(socket.AF_INET, port)
             chosen = v4.getsockname()[1]

@@ -267,7 +267,7 @@ class TcpListener(Socket):
         if len(self._pending) + len(self._queue) >= self.backlog:
             iface.counters["tcp_backlog_full"] += 1
             return
-        config = self.config or TcpConfig(mss=mss_for(iface.mtu, p.version))
+        config = self.config or default_config(iface.mtu, p.version)
         conn = TcpConnection.accept(seg, iface.rng.getrandbits(32), now, config)
         if conn is None:  # pragma: no cover - receive() passes plain SYNs only
             return
@@ -306,9 +306,16 @@ def connect(
     dst = pack_address(host)
     src = iface.source_for(dst)
     local_port = iface.sockets._ephemeral(PROTO_TCP)
-    cfg = config or TcpConfig(mss=mss_for(iface.mtu, 4 if len(dst) == 4 else 6))
+    cfg = config or default_config(iface.mtu, 4 if len(dst) == 4 else 6)
     conn = TcpConnection.connect(local_port, port, iface.rng.getrandbits(32), now, cfg)
     return TcpSocket(iface, conn, src, dst)
+
+
+def default_config(mtu: int, version: int) -> TcpConfig:
+    """Connections on the stack: MSS from the MTU, and Linux's 200 ms RTO floor, because
+    RFC 6298's 1 s floor makes every tail loss cost a second on a path whose round trip
+    is a millisecond."""
+    return TcpConfig(mss=mss_for(mtu, version), rto_min=0.2)
 
 
 def receive(iface: Interface, p: IpPacket, now: float) -> None:

@@ -44,14 +44,6 @@ class _Bound:
     port: int
 
 
-def _listen_host(config: ProxyConfig) -> str:
-    # One socket for the underlay: dual-stack when a peer is reached over IPv6.
-    for peer in config.peers:
-        if peer.endpoint is not None and ":" in peer.endpoint.host:
-            return "::"
-    return "0.0.0.0"
-
-
 def _split(spec: EndpointSpec) -> tuple[str | None, int]:
     # An empty host binds every address, as Go's net.Listen does with ":1080".
     return (spec.host or None), spec.port
@@ -107,9 +99,7 @@ class ProxyApp:
         device_config = cfg.to_device_config(self.resolve)
         addresses = [str(a) for a in cfg.interface.addresses]
         try:
-            tunnel = await Tunnel.open(
-                device_config, addresses, mtu=cfg.interface.mtu, listen_host=_listen_host(cfg)
-            )
+            tunnel = await Tunnel.open(device_config, addresses, mtu=cfg.interface.mtu)
         except OSError as e:
             raise StartError(
                 f"{cfg.interface.source}: cannot open UDP port "

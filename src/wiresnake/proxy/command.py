@@ -3,7 +3,8 @@
 Reads a wireproxy configuration, brings the rootless tunnel and its front ends up, and runs
 until SIGINT, SIGTERM or SIGQUIT (or, with a `[STDIOTunnel]`, until stdin and the
 connection are done). `-i ADDR` serves /readyz and /metrics, `-s` logs only errors, `-n`
-checks the configuration and exits. No privilege is needed unless a port below 1024 is.
+checks the configuration and exits, LOG_LEVEL=debug logs more. No privilege is needed
+unless a port below 1024 is.
 Errors in the file are reported as FILE:LINE: message, with exit status 1.
 """
 
@@ -13,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -76,8 +78,11 @@ async def _run(app: ProxyApp) -> int:
 def main(argv: Sequence[str]) -> int:
     """`argv` starts after the word `proxy`."""
     args = _parser().parse_args(list(argv))
+    level = logging.INFO
+    if os.environ.get("LOG_LEVEL", "").lower() in ("debug", "verbose"):
+        level = logging.DEBUG
     logging.basicConfig(
-        level=logging.ERROR if args.silent else logging.INFO,
+        level=logging.ERROR if args.silent else level,
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )

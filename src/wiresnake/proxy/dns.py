@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Final, Literal, Protocol, runtime_checkable
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 from wiresnake.proxy.upstream import NameResolutionError
 
@@ -440,7 +440,7 @@ class Resolver:
         four, six = await asyncio.shield(flight)
         return self._ordered(four, six)
 
-    def _landed(self, name: str, flight: asyncio.Future[object]) -> None:
+    def _landed(self, name: str, flight: asyncio.Future[Any]) -> None:
         self._inflight.pop(name, None)
         if not flight.cancelled():
             flight.exception()  # retrieved here, so a flight nobody awaits any more is quiet

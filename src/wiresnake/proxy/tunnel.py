@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+from wiresnake.io.udp import UdpSockets
 from wiresnake.netstack import tcpsock
 from wiresnake.netstack.icmp import IcmpSocket
 from wiresnake.netstack.iface import Interface
@@ -26,21 +29,11 @@ from wiresnake.protocol.settings import DeviceConfig
 
 __all__ = ["TcpServer", "Tunnel", "UdpEndpoint"]
 
+log = logging.getLogger("wiresnake.proxy")
+
+_READ_BATCH = 256  # datagrams per wake-up (more with UDP GRO)
+
 ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
-
-
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, tunnel: Tunnel) -> None:
-        self.tunnel = tunnel
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        host = addr[0]
-        if host.startswith("::ffff:") and "." in host:
-            host = host[7:]
-        self.tunnel._from_network([((host, addr[1]), data)])
-
-    def error_received(self, exc: Exception) -> None:
-        pass  # ICMP errors from the underlay (e.g. port unreachable) are not fatal
 
 
 class Tunnel:
@@ -50,7 +43,7 @@ class Tunnel:
         self.device = device
         self.iface = iface
         self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.DatagramTransport | None = None
+        self._udp: UdpSockets | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         # set after every round of input, so waiters look at their sockets again
@@ -66,17 +59,17 @@ class Tunnel:
         addresses: Sequence[str],
         *,
         mtu: int = 1420,
-        listen_host: str = "0.0.0.0",
+        listen_host: str | None = None,
     ) -> Tunnel:
+        """`listen_host` None listens on every address of both families."""
         device = Device(mtu=mtu, wall_offset=time.time() - time.monotonic())
         device.configure(config, time.monotonic())
         tunnel = cls(device, Interface(list(addresses), mtu=mtu))
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Protocol(tunnel), local_addr=(listen_host, config.listen_port)
-        )
-        tunnel._transport = transport
-        device.listen_port = transport.get_extra_info("sockname")[1]
+        udp = UdpSockets(config.listen_port, host=listen_host)
+        tunnel._udp = udp
+        for sock in udp.sockets():
+            tunnel._loop.add_reader(sock.fileno(), tunnel._read_ready, sock)
+        device.listen_port = udp.port
         tunnel._reschedule()
         return tunnel
 
@@ -97,19 +90,24 @@ class Tunnel:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        if self._udp is not None:
+            for sock in self._udp.sockets():
+                self._loop.remove_reader(sock.fileno())
+            self._udp.close()
+            self._udp = None
 
     # ---------------------------------------------------------------- the pump
 
     def _send(self, out: Output) -> None:
-        transport = self._transport
-        if transport is None:
-            return
-        for endpoint, data in out.datagrams:
-            with contextlib.suppress(OSError):
-                transport.sendto(data, endpoint)
+        if self._udp is not None and out.datagrams:
+            self._udp.send_batch(out.datagrams)
+
+    def _read_ready(self, sock: socket.socket) -> None:
+        # Everything queued, in one pass through the engine and the stack: per-datagram
+        # callbacks cost more than the crypto and let the socket buffer overflow.
+        batch = UdpSockets.recv_batch(sock, _READ_BATCH)
+        if batch:
+            self._from_network(batch)
 
     def _from_network(self, datagrams: Iterable[tuple[Endpoint, bytes]]) -> None:
         now = time.monotonic()
@@ -193,7 +191,7 @@ class Tunnel:
         return UdpEndpoint(self, UdpSocket(self.iface, port, address))
 
     def _kick(self) -> None:
-        if self._transport is not None:  # not once closed
+        if self._udp is not None:  # not once closed
             self._pump(time.monotonic())
 
     def _attach(
@@ -390,7 +388,7 @@ class _TcpTransport(asyncio.Transport):
         self._closing = True
         self._buffer.clear()
         self._sock.abort()
-        self._tunnel._streams.pop(self, None)
+        self._forget()
         self._lose(None)
         self._tunnel._kick()
 
@@ -399,6 +397,8 @@ class _TcpTransport(asyncio.Transport):
     def _lose(self, exc: Exception | None) -> None:
         if not self._lost:
             self._lost = True
+            conn = self._sock.conn
+            log.debug("TCP %s %s: %s", self._sock.peername, conn.state.value, conn.stats)
             self._tunnel._loop.call_soon(self._protocol.connection_lost, exc)
 
     def _flush(self) -> None:
@@ -451,7 +451,10 @@ class _TcpTransport(asyncio.Transport):
             if not self._lost and sock.closed:
                 self._lose(None)
         if sock.closed:
-            self._tunnel._streams.pop(self, None)
+            self._forget()
+
+    def _forget(self) -> None:
+        self._tunnel._streams.pop(self, None)
 
 
 class UdpEndpoint:
