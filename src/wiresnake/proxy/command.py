@@ -63,6 +63,8 @@ async def _run(app: ProxyApp) -> int:
         log.error("%s", e)
         return 1
     for b in app.bound:
+        if b.what.endswith("Tunnel"):
+            continue  # the forwards log their own line, with the target
         log.info("%s listening on %s port %d", b.what, b.host, b.port)
     log.info("tunnel up on UDP port %d", app.tunnel.listen_port if app.tunnel else 0)
     waits = [asyncio.create_task(stop.wait()), asyncio.create_task(app.done.wait())]
