@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import TYPE_CHECKING
 
-from wiresnake.proxy.config import ProxyConfig
+from wiresnake.proxy.config import ProxyConfig, read_proxy_config
 from wiresnake.proxy.dns import Resolver
-from wiresnake.proxy.tunnel import Tunnel, UdpEndpoint
+from wiresnake.proxy.tunnel import ClientConnected, TcpServer, Tunnel, UdpEndpoint
 from wiresnake.proxy.upstream import NameResolutionError
 
 if TYPE_CHECKING:
     from wiresnake.proxy.upstream import Upstream
 
-__all__ = ["DEFAULT_CONNECT_TIMEOUT", "Dialer"]
+__all__ = ["DEFAULT_CONNECT_TIMEOUT", "Dialer", "open_tunnel"]
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
@@ -70,6 +71,42 @@ class Dialer:
 
     def udp_endpoint(self) -> UdpEndpoint:
         return self.tunnel.udp_endpoint()
+
+    async def ping(self, host: str, timeout: float = 5.0) -> float:
+        """Round-trip seconds of one ICMP echo to `host` (a name or an address)."""
+        return await self.tunnel.ping((await self.resolve(host))[0], timeout=timeout)
+
+    async def start_server(
+        self, client_connected_cb: ClientConnected, port: int, *, host: str | None = None
+    ) -> TcpServer:
+        """Accept TCP connections on the tunnel's own addresses (see `Tunnel.start_server`)."""
+        return await self.tunnel.start_server(client_connected_cb, port, host=host)
+
+    def close(self) -> None:
+        self.tunnel.close()
+
+    async def __aenter__(self) -> Dialer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+async def open_tunnel(config: str | os.PathLike[str] | ProxyConfig) -> Dialer:
+    """A rootless tunnel from a wireproxy or wg-quick file (or a parsed `ProxyConfig`).
+
+    What it answers dials names through the tunnel's `DNS` servers; `async with` it, or
+    `close()` it when done. Only `[Interface]` and `[Peer]` matter here: the front ends a
+    file may also list are `wiresnake proxy`'s job.
+    """
+    if not isinstance(config, ProxyConfig):
+        config = read_proxy_config(os.fspath(config))
+    tunnel = await Tunnel.open(
+        config.to_device_config(),
+        [str(a) for a in config.interface.addresses],
+        mtu=config.interface.mtu,
+    )
+    return Dialer.for_config(tunnel, config)
 
 
 if TYPE_CHECKING:
