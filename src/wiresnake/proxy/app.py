@@ -21,6 +21,7 @@ from wiresnake.proxy.config import ProxyConfig, Source
 from wiresnake.proxy.dial import Dialer
 from wiresnake.proxy.health import AliveChecker, InfoServer
 from wiresnake.proxy.http import serve_http
+from wiresnake.proxy.sni import serve_sni
 from wiresnake.proxy.socks5 import serve_socks5
 from wiresnake.proxy.tunnel import Tunnel
 
@@ -125,6 +126,9 @@ class ProxyApp:
                     raise StartError(f"{h.source}: cannot load certificate: {e}") from None
             serving = serve_http(dialer, host or "", port, h.username, h.password, ssl_ctx)
             await self._listen("HTTP", h.source, serving)
+        for sn in cfg.sni:
+            host, port = _split(sn.bind)
+            await self._listen("SNI", sn.source, serve_sni(dialer, host or "", port))
         for c in cfg.tunnels.tcp_client:
             serving = forward.serve_tcp_client_tunnel(dialer, c)
             await self._listen("TCPClientTunnel", c.source, serving)
