@@ -33,6 +33,7 @@ from wiresnake.netstack.ip import (
     pack_address,
     parse,
 )
+from wiresnake.netstack.isn import IsnGenerator
 from wiresnake.netstack.sockets import Socket, SocketSet
 from wiresnake.protocol.constants import DEFAULT_MTU
 
@@ -105,6 +106,7 @@ class Interface:
         self.counters: Counter[str] = Counter()
         self.rng = rng if rng is not None else random.Random()
         self.sockets = SocketSet(self.rng)
+        self.isn = IsnGenerator(self.rng.randbytes(16))
         self.icmp_errors = icmp.TokenBucket(icmp_errors_per_second, icmp_errors_burst)
         self._local = frozenset(self._v4 + self._v6)
         self._ident = self.rng.randrange(0x10000)

@@ -65,6 +65,8 @@ class SocketSet:
         self._table: dict[_Key, Socket] = {}
         self._keys: dict[Socket, list[_Key]] = {}
         self._ports: dict[tuple[int, int], list[_Key]] = {}
+        # the next ephemeral port to try, per protocol; see _ephemeral
+        self._next: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -105,12 +107,18 @@ class SocketSet:
         return port
 
     def _ephemeral(self, protocol: int) -> int:
+        # Onward from a random start (RFC 6056 section 3.3.2's idea): a port comes round
+        # again only after all the others, so a new connection rarely lands on a 4-tuple
+        # the peer still holds in TIME-WAIT, which would cost it a SYN retransmission.
         lo, n = EPHEMERAL_PORTS.start, len(EPHEMERAL_PORTS)
-        start = self._rng.randrange(n)
+        start = self._next.get(protocol)
+        if start is None:
+            start = self._rng.randrange(n)
         ports = self._ports
         for i in range(n):
             port = lo + (start + i) % n
             if (protocol, port) not in ports:
+                self._next[protocol] = (start + i + 1) % n
                 return port
         raise OSError(errno.EADDRINUSE, "no ephemeral port is free")
 
