@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from wiresnake.netstack import Interface
+from wiresnake.netstack.checksum import checksum, pseudo_header
 from wiresnake.netstack.ip import PROTO_TCP, build_ipv4, parse
 from wiresnake.netstack.tcp import ACK, SYN, Segment, State, TcpError
 from wiresnake.netstack.tcpsock import (
@@ -92,6 +93,38 @@ def test_header_round_trip_with_options() -> None:
     assert mss_for(1420, 4) == 1380 and mss_for(1420, 6) == 1360
 
 
+def _round_trip(seg: Segment) -> tuple[Segment | None, Counter[str]]:
+    packet = build_ipv4(A4, B4, PROTO_TCP, build_segment(A4, B4, seg), 64, 0)
+    counters: Counter[str] = Counter()
+    p = parse(packet, counters)
+    assert p is not None
+    return parse_segment(p, counters), counters
+
+
+def test_sack_options_round_trip() -> None:
+    syn = Segment(1234, 80, 7, 0, SYN, 65535, b"", 1380, 7, True)
+    assert _round_trip(syn)[0] == syn
+    blocks = ((0xFFFFFF00, 0x100), (10, 20), (30, 40), (50, 60))
+    ack = Segment(1234, 80, 7, 9, ACK, 500, b"data", sack=blocks)
+    assert _round_trip(ack)[0] == ack
+    # SYN options on a segment without SYN mean nothing; a fifth block does not fit.
+    assert _round_trip(ack._replace(mss=1000))[0] == ack
+    assert _round_trip(ack._replace(sack=(*blocks, (70, 80))))[0] == ack
+
+
+def test_a_malformed_sack_option_is_counted_and_ignored() -> None:
+    seg = bytearray(build_segment(A4, B4, Segment(1, 2, 3, 4, ACK, 5, b"", sack=((1, 2),))))
+    seg[23] = 9  # block length not a multiple of 8
+    seg[16:18] = b"\0\0"
+    seg[16:18] = checksum(bytes(seg), pseudo_header(A4, B4, PROTO_TCP, len(seg))).to_bytes(2, "big")
+    counters: Counter[str] = Counter()
+    p = parse(build_ipv4(A4, B4, PROTO_TCP, bytes(seg), 64, 0), counters)
+    assert p is not None
+    parsed = parse_segment(p, counters)
+    assert parsed is not None and parsed.sack == () and parsed.ack == 4
+    assert counters["tcp_bad_option"] >= 1
+
+
 @pytest.mark.parametrize("dst", ["10.0.0.2", "fd00::2"])
 def test_connect_exchange_a_megabyte_both_ways_and_close(dst: str) -> None:
     a, b = _pair()
@@ -159,6 +192,17 @@ def test_a_corrupted_checksum_is_dropped_and_counted() -> None:
     assert b.counters["tcp_bad_checksum"] == 1
     assert b.counters["tcp_accepted"] == 0
     assert b.poll(0.0) == []
+
+
+def test_a_link_that_authenticates_packets_skips_the_checksum() -> None:
+    _, b = _pair()
+    b.trust_checksums = True  # as the rootless tunnel sets it: the AEAD has checked
+    TcpListener(b, 80)
+    seg = bytearray(build_segment(A4, B4, Segment(4000, 80, 1, 0, SYN, 1000, b"", 1380)))
+    seg[16] ^= 0x40  # the checksum field itself
+    b.receive([build_ipv4(A4, B4, PROTO_TCP, bytes(seg), 64, 0)], 0.0)
+    assert b.counters["tcp_bad_checksum"] == 0
+    assert b.counters["tcp_accepted"] == 1
 
 
 def test_a_stray_ack_to_a_listener_gets_a_reset() -> None:

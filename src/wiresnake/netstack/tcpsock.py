@@ -1,7 +1,8 @@
 """TCP on the interface: headers and checksums, connection sockets and listeners.
 
 `tcp.TcpConnection` is the state machine; this module is its glue to the `Interface`.  It
-parses and builds TCP headers (with the MSS and window-scale options of a SYN), checks the
+parses and builds TCP headers (with the MSS, window-scale and SACK-permitted options of a
+SYN, and SACK blocks, RFC 2018; a malformed option is counted and ignored), checks the
 checksum of every segment that arrives (bad ones are dropped and counted) and fills it in on
 every one that leaves.  `receive` is the input function of `PROTOCOLS[6]`: a segment goes to
 the connection of its four-tuple, else a plain SYN to the listener of its port (which starts
@@ -53,6 +54,8 @@ BACKLOG = 128
 _HEADER = struct.Struct("!HHIIBBHHH")
 _UNPACK = _HEADER.unpack_from
 _FLAGS = 0x3F
+_SACK_BLOCK = struct.Struct("!II")
+_MAX_OPTIONS = 40
 
 
 def mss_for(mtu: int, version: int) -> int:
@@ -60,8 +63,9 @@ def mss_for(mtu: int, version: int) -> int:
     return mtu - (40 if version == 4 else 60)
 
 
-def parse_segment(p: IpPacket, counters: Counter[str]) -> Segment | None:
-    """The segment in `p`, its checksum verified, or None (the reason counted)."""
+def parse_segment(p: IpPacket, counters: Counter[str], verify: bool = True) -> Segment | None:
+    """The segment in `p`, its checksum verified (unless not `verify`), or None (the
+    reason counted)."""
     msg = p.payload
     n = len(msg)
     if n < HEADER_SIZE:
@@ -72,12 +76,15 @@ def parse_segment(p: IpPacket, counters: Counter[str]) -> Segment | None:
     if hlen < HEADER_SIZE or hlen > n:
         counters["tcp_bad_offset"] += 1
         return None
-    if checksum(msg, pseudo_header(p.src, p.dst, PROTO_TCP, n)) != 0:
+    if verify and checksum(msg, pseudo_header(p.src, p.dst, PROTO_TCP, n)) != 0:
         counters["tcp_bad_checksum"] += 1
         return None
     mss: int | None = None
     wscale: int | None = None
-    if flags & SYN and hlen > HEADER_SIZE:
+    sack_permitted = False
+    sack: tuple[tuple[int, int], ...] = ()
+    if hlen > HEADER_SIZE:
+        syn = bool(flags & SYN)
         i = HEADER_SIZE
         while i < hlen:
             kind = msg[i]
@@ -87,16 +94,38 @@ def parse_segment(p: IpPacket, counters: Counter[str]) -> Segment | None:
                 i += 1
                 continue
             if i + 1 >= hlen:
+                counters["tcp_bad_option"] += 1
                 break
             length = msg[i + 1]
             if length < 2 or i + length > hlen:
+                counters["tcp_bad_option"] += 1
                 break
-            if kind == 2 and length == 4:
-                mss = int.from_bytes(msg[i + 2 : i + 4], "big")
-            elif kind == 3 and length == 3:
-                wscale = msg[i + 2]
+            if kind == 5:  # SACK: 8 bytes per block (RFC 2018 section 3)
+                if length >= 10 and (length - 2) % 8 == 0:
+                    sack = tuple(_SACK_BLOCK.iter_unpack(msg[i + 2 : i + length]))
+                else:
+                    counters["tcp_bad_option"] += 1
+            elif syn:  # the rest only mean something in a SYN
+                if kind == 2 and length == 4:
+                    mss = int.from_bytes(msg[i + 2 : i + 4], "big")
+                elif kind == 3 and length == 3:
+                    wscale = msg[i + 2]
+                elif kind == 4 and length == 2:
+                    sack_permitted = True
             i += length
-    return Segment(sport, dport, seq, ack, flags & _FLAGS, window, bytes(msg[hlen:]), mss, wscale)
+    return Segment(
+        sport,
+        dport,
+        seq,
+        ack,
+        flags & _FLAGS,
+        window,
+        bytes(msg[hlen:]),
+        mss,
+        wscale,
+        sack_permitted,
+        sack,
+    )
 
 
 def build_segment(src: bytes, dst: bytes, seg: Segment) -> bytes:
@@ -106,6 +135,14 @@ def build_segment(src: bytes, dst: bytes, seg: Segment) -> bytes:
         options += struct.pack("!BBH", 2, 4, seg.mss)
     if seg.wscale is not None:
         options += struct.pack("!BBBB", 1, 3, 3, seg.wscale)
+    if seg.sack_permitted:
+        options += b"\x01\x01\x04\x02"
+    if seg.sack:
+        blocks = seg.sack[: (_MAX_OPTIONS - len(options) - 4) // 8]
+        if blocks:
+            options += struct.pack("!BBBB", 1, 1, 5, 2 + 8 * len(blocks))
+            for left, right in blocks:
+                options += _SACK_BLOCK.pack(left & 0xFFFFFFFF, right & 0xFFFFFFFF)
     hlen = HEADER_SIZE + len(options)
     header = _HEADER.pack(
         seg.src_port,
@@ -268,7 +305,8 @@ class TcpListener(Socket):
             iface.counters["tcp_backlog_full"] += 1
             return
         config = self.config or default_config(iface.mtu, p.version)
-        conn = TcpConnection.accept(seg, iface.rng.getrandbits(32), now, config)
+        iss = iface.isn(p.dst, seg.dst_port, p.src, seg.src_port, now)
+        conn = TcpConnection.accept(seg, iss, now, config)
         if conn is None:  # pragma: no cover - receive() passes plain SYNs only
             return
         sock = TcpSocket(iface, conn, p.dst, p.src, listener=self)
@@ -307,7 +345,8 @@ def connect(
     src = iface.source_for(dst)
     local_port = iface.sockets._ephemeral(PROTO_TCP)
     cfg = config or default_config(iface.mtu, 4 if len(dst) == 4 else 6)
-    conn = TcpConnection.connect(local_port, port, iface.rng.getrandbits(32), now, cfg)
+    iss = iface.isn(src, local_port, dst, port, now)
+    conn = TcpConnection.connect(local_port, port, iss, now, cfg)
     return TcpSocket(iface, conn, src, dst)
 
 
@@ -321,7 +360,7 @@ def default_config(mtu: int, version: int) -> TcpConfig:
 def receive(iface: Interface, p: IpPacket, now: float) -> None:
     """Deliver a segment to its connection or listener, or answer it with a reset."""
     counters = iface.counters
-    seg = parse_segment(p, counters)
+    seg = parse_segment(p, counters, not iface.trust_checksums)
     if seg is None:
         return
     counters["tcp_received"] += 1
