@@ -88,6 +88,15 @@ def test_bad_checksums_are_dropped_and_counted() -> None:
     assert iface.poll(NOW) == []  # no unreachable for a datagram that is not one
 
 
+def test_a_link_that_authenticates_packets_skips_the_checksum() -> None:
+    iface = host()
+    iface.trust_checksums = True
+    sock = UdpSocket(iface, 53)
+    iface.receive([udp4(1, 53, b"x", csum=0x1234)], NOW)
+    assert sock.recv_from() == (b"x", ("10.0.0.1", 1))
+    assert iface.counters["udp_bad_checksum"] == 0
+
+
 def test_a_zero_checksum_means_none_over_ipv4_and_is_refused_over_ipv6() -> None:
     iface = host()
     sock = UdpSocket(iface, 53)

@@ -64,7 +64,7 @@ class Tunnel:
         """`listen_host` None listens on every address of both families."""
         device = Device(mtu=mtu, wall_offset=time.time() - time.monotonic())
         device.configure(config, time.monotonic())
-        tunnel = cls(device, Interface(list(addresses), mtu=mtu))
+        tunnel = cls(device, Interface(list(addresses), mtu=mtu, trust_checksums=True))
         udp = UdpSockets(config.listen_port, host=listen_host)
         tunnel._udp = udp
         for sock in udp.sockets():
