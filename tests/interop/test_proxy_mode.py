@@ -218,6 +218,19 @@ def test_200_concurrent_connections(plab: ProxyLab) -> None:
     assert out.strip() == "ok 200"
 
 
+def test_200_mb_down_and_up_under_loss_and_reordering(plab: ProxyLab) -> None:
+    impair(plab.c, plab.veth_c)
+    impair(plab.s, plab.veth_s)
+    n = 200 * 1000 * 1000
+    down = plab.aux("get", str(SOCKS), "web.test", "8080", str(n), "7", timeout=900)
+    up = plab.aux("put", str(SOCKS), "web.test", "8080", str(n), "8", timeout=900)
+    assert down.split()[:2] == ["ok", str(n)] and up.split()[:2] == ["ok", str(n)]
+    for host in (plab.c, plab.s):
+        dropped, held = impaired_counts(host)
+        assert dropped > 100 and held > 100, (dropped, held)
+    print(f"200 MB down {down.split()[2]} s, up {up.split()[2]} s under 2% loss + reordering")
+
+
 def _hex(b64: str) -> str:
     import base64
 
