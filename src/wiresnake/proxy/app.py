@@ -22,7 +22,7 @@ from wiresnake.proxy.dial import Dialer
 from wiresnake.proxy.health import AliveChecker, InfoServer
 from wiresnake.proxy.http import serve_http
 from wiresnake.proxy.sni import serve_sni
-from wiresnake.proxy.socks5 import serve_socks5
+from wiresnake.proxy.socks5 import Socks5Server
 from wiresnake.proxy.tunnel import Tunnel
 
 __all__ = ["ProxyApp", "StartError"]
@@ -71,6 +71,7 @@ class ProxyApp:
         self._servers: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self.done = asyncio.Event()  # set when a STDIO tunnel ends: the process should exit
+        self.exit_status = 0
 
     async def _listen(
         self, what: str, source: Source, start: Any, key: str = "BindAddress"
@@ -110,9 +111,9 @@ class ProxyApp:
         self.dialer = dialer = Dialer.for_config(tunnel, cfg)
         for s in cfg.socks5:
             host, port = _split(s.bind)
-            await self._listen(
-                "SOCKS5", s.source, serve_socks5(dialer, host or "", port, s.username, s.password)
-            )
+            socks = Socks5Server(dialer, s.username, s.password)
+            self._closables.append(socks)  # closing it ends its sessions too
+            await self._listen("SOCKS5", s.source, socks.start(host or "", port))
         for h in cfg.http:
             host, port = _split(h.bind)
             ssl_ctx = None
@@ -156,9 +157,15 @@ class ProxyApp:
                 self.bound.append(_Bound("info", *sock.getsockname()[:2]))
 
     async def _stdio(self, dialer: Dialer, spec: Any) -> None:
-        try:
-            await forward.run_stdio_tunnel(dialer, spec, *self.stdio)
-        finally:
+        reached = await forward.run_stdio_tunnel(dialer, spec, *self.stdio)
+        if not reached:
+            self.exit_status = 1
+        cfg = self.config
+        others = (
+            cfg.socks5 or cfg.http or cfg.sni or cfg.tunnels.tcp_client or cfg.tunnels.tcp_server
+        )
+        if not (others or cfg.tunnels.udp_proxy or self.info is not None):
+            # only the stdio tunnel (ssh's ProxyCommand): its end is the process's end
             self.done.set()
 
     def port_of(self, what: str) -> int:

@@ -1,11 +1,11 @@
-"""`wiresnake proxy [-c] CONFIG [-i ADDR] [-s] [-n]`: wireproxy's command line.
+"""`wiresnake proxy [-c] CONFIG [-i ADDR] [-s] [-n] [-d] [-v]`: wireproxy's command line.
 
 Reads a wireproxy configuration, brings the rootless tunnel and its front ends up, and runs
-until SIGINT, SIGTERM or SIGQUIT (or, with a `[STDIOTunnel]`, until stdin and the
-connection are done). `-i ADDR` serves /readyz and /metrics, `-s` logs only errors, `-n`
-checks the configuration and exits, LOG_LEVEL=debug logs more. No privilege is needed
-unless a port below 1024 is.
-Errors in the file are reported as FILE:LINE: message, with exit status 1.
+until SIGINT, SIGTERM or SIGQUIT (or, when a `[STDIOTunnel]` is all it serves, until
+stdin and the connection are done). `-i ADDR` serves /readyz and /metrics, `-s` logs only
+errors, `-n` checks the configuration (Endpoint names included) and exits, `-d` runs in
+the background, LOG_LEVEL=debug logs more. No privilege is needed unless a port below
+1024 is. Errors in the file are reported as FILE:LINE: message, with exit status 1.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 
+from wiresnake import __version__
 from wiresnake.config import EndpointSpec
 from wiresnake.proxy.app import ProxyApp, StartError
 from wiresnake.proxy.config import (
@@ -42,7 +44,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--info", metavar="ADDR", help="serve /readyz and /metrics on ADDR")
     p.add_argument("-s", "--silent", action="store_true", help="log errors only")
     p.add_argument("-n", "--configtest", action="store_true", help="check the file and exit")
+    p.add_argument("-d", "--daemon", action="store_true", help="run in the background")
+    p.add_argument("-v", "--version", action="store_true", help="print the version")
     return p
+
+
+def _daemonize(argv: Sequence[str]) -> int:
+    """Start the same command without -d in its own session, output discarded, as
+    wireproxy's -d does; the caller returns at once."""
+    rest = [a for a in argv if a not in ("-d", "--daemon")]
+    try:
+        subprocess.Popen(
+            [sys.executable, "-m", "wiresnake", "proxy", *rest],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError as e:
+        print(f"cannot start in the background: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _info_address(text: str) -> EndpointSpec:
@@ -74,12 +96,15 @@ async def _run(app: ProxyApp) -> int:
         for w in waits:
             w.cancel()
         await app.close()
-    return 0
+    return app.exit_status
 
 
 def main(argv: Sequence[str]) -> int:
     """`argv` starts after the word `proxy`."""
     args = _parser().parse_args(list(argv))
+    if args.version:
+        print(f"wiresnake proxy, version {__version__}")
+        return 0
     level = logging.INFO
     if os.environ.get("LOG_LEVEL", "").lower() in ("debug", "verbose"):
         level = logging.DEBUG
@@ -101,8 +126,15 @@ def main(argv: Sequence[str]) -> int:
     for warning in config.warnings:
         log.warning("%s", warning)
     if args.configtest:
+        try:
+            config.to_device_config()  # Endpoint names must resolve, as in wireproxy
+        except ProxyConfigError as e:
+            print(e, file=sys.stderr)
+            return 1
         print("Config OK")
         return 0
+    if args.daemon:
+        return _daemonize(argv)
     try:
         app = ProxyApp(config, info=info)
     except ProxyConfigError as e:

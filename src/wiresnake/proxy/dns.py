@@ -381,8 +381,8 @@ class Resolver:
 
     Addresses come with the `strategy` family first. Answers with at least one address are
     cached for their smallest TTL, at most `max_ttl` seconds, read from `clock`; failures
-    and NXDOMAIN are not cached. Concurrent look-ups of one name share one set of
-    queries. An IP literal is answered as is, without a query.
+    and NXDOMAIN are not cached; at most `max_entries` names are kept. Concurrent look-ups
+    of one name share one set of queries. An IP literal is answered as is, without a query.
     """
 
     def __init__(
@@ -395,6 +395,7 @@ class Resolver:
         timeout: float = 2.0,
         attempts: int = 2,
         max_ttl: float = 300.0,
+        max_entries: int = 4096,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if strategy not in ("ipv4", "ipv6"):
@@ -408,6 +409,7 @@ class Resolver:
         self.timeout = timeout
         self.attempts = attempts
         self.max_ttl = max_ttl
+        self.max_entries = max_entries
         self.clock = clock
         self._cache: dict[str, _Cached] = {}
         self._inflight: dict[str, asyncio.Future[tuple[tuple[str, ...], tuple[str, ...]]]] = {}
@@ -440,6 +442,16 @@ class Resolver:
         four, six = await asyncio.shield(flight)
         return self._ordered(four, six)
 
+    def _remember(self, name: str, entry: _Cached) -> None:
+        cache = self._cache
+        cache.pop(name, None)
+        if len(cache) >= self.max_entries:
+            # full: drop what has expired, else the oldest entry (dicts keep insertion order)
+            now = self.clock()
+            for stale in [n for n, e in cache.items() if e.expires <= now] or [next(iter(cache))]:
+                del cache[stale]
+        cache[name] = entry
+
     def _landed(self, name: str, flight: asyncio.Future[Any]) -> None:
         self._inflight.pop(name, None)
         if not flight.cancelled():
@@ -462,7 +474,7 @@ class Resolver:
                 ttls = [r.ttl for r in answers if r.ttl is not None]
                 lifetime = min(min(ttls), self.max_ttl)
                 if lifetime > 0:
-                    self._cache[name] = _Cached(self.clock() + lifetime, four, six)
+                    self._remember(name, _Cached(self.clock() + lifetime, four, six))
             return four, six
         errors = [r for r in (v4, v6) if isinstance(r, NameResolutionError)]
         if errors:

@@ -22,6 +22,7 @@ import ipaddress
 import logging
 import os
 import socket
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, BinaryIO
@@ -206,7 +207,7 @@ def _close_also(server: asyncio.Server | TcpServer, connections: _Connections) -
 
 async def run_stdio_tunnel(
     upstream: Upstream, spec: STDIOTunnel, stdin_fd: int = 0, stdout_fd: int = 1
-) -> None:
+) -> bool:
     """Join `stdin_fd` and `stdout_fd` to `spec.target` through the tunnel, until both ways end.
 
     The descriptors may be pipes, sockets or terminals (what ssh gives a ProxyCommand, or
@@ -214,14 +215,19 @@ async def run_stdio_tunnel(
     stdin is passed on as a half-close, and data from the target keeps flowing to stdout
     until the target ends too. The descriptors are not closed (the caller owns them); their
     blocking mode is restored on return. A target that cannot be reached is logged and
-    this returns at once.
+    this returns at once. True when the target was reached.
     """
     target = spec.target
+    for fd, name in ((stdin_fd, "stdin"), (stdout_fd, "stdout")):
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            # asyncio's pipe transports refuse regular files
+            log.error("STDIOTunnel: %s is a regular file; use a pipe, socket or terminal", name)
+            return False
     try:
         t_reader, t_writer = await upstream.open_connection(target.host, target.port)
     except OSError as e:
         log.error("STDIOTunnel to %s: %s", target, _why(e))
-        return
+        return False
     loop = asyncio.get_running_loop()
     # pipe transports switch the descriptors to non-blocking; a terminal shares that
     # setting with the shell, so it is put back afterwards
@@ -264,6 +270,7 @@ async def run_stdio_tunnel(
         for fd, mode in blocking.items():
             with contextlib.suppress(OSError):
                 os.set_blocking(fd, mode)
+    return True
 
 
 # ---------------------------------------------------------------------------------------

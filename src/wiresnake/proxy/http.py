@@ -545,6 +545,8 @@ class HttpProxyServer:
                 writer.write(_error_response(e.status, e.message))
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass  # the client or the origin went away
+        except asyncio.CancelledError:
+            pass  # shutting down; Python 3.11 would log a cancelled handler as an error
         except Exception:
             # A bug must not take the listener down, nor leave the client hanging.
             _log.exception("HTTP proxy request failed")

@@ -116,6 +116,8 @@ class SniProxy:
             await relay(reader, writer, remote_r, remote_w)
         except (ConnectionError, OSError):
             pass
+        except asyncio.CancelledError:
+            pass  # shutting down; Python 3.11 would log a cancelled handler as an error
         finally:
             writer.close()
             with contextlib.suppress(Exception):

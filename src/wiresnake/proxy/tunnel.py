@@ -32,6 +32,7 @@ __all__ = ["TcpServer", "Tunnel", "UdpEndpoint"]
 log = logging.getLogger("wiresnake.proxy")
 
 _READ_BATCH = 256  # datagrams per wake-up (more with UDP GRO)
+ORPHAN_TIMEOUT = 60.0  # seconds a connection we closed may wait for the peer to finish
 
 ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
 
@@ -51,6 +52,7 @@ class Tunnel:
         # TCP transports and servers, serviced after every round
         self._streams: dict[_TcpTransport | TcpServer, None] = {}
         self._servicing = False
+        self.orphan_timeout = ORPHAN_TIMEOUT
 
     @classmethod
     async def open(
@@ -84,8 +86,10 @@ class Tunnel:
         self.close()
 
     def close(self) -> None:
+        """Stop at once: connections are cut (their streams see ConnectionAbortedError),
+        since nothing can carry their last bytes or FIN any more."""
         for stream in list(self._streams):
-            stream.close()
+            stream._shutdown()
         self._streams.clear()
         if self._timer is not None:
             self._timer.cancel()
@@ -119,6 +123,8 @@ class Tunnel:
 
     def _pump(self, now: float) -> None:
         """Move what the stack wants to send through the engine, then re-arm the timer."""
+        if self._udp is None:
+            return  # closed: nothing moves and no timer is armed again
         packets = self.iface.poll(now)
         if packets:
             self._send(self.device.from_tunnel(packets, now))
@@ -287,6 +293,9 @@ class TcpServer:
         self.listener.close()
         self.tunnel._streams.pop(self, None)
 
+    def _shutdown(self) -> None:
+        self.close()
+
     async def wait_closed(self) -> None:
         return None
 
@@ -394,12 +403,30 @@ class _TcpTransport(asyncio.Transport):
 
     # -- the tunnel's side ---------------------------------------------------------------------
 
+    def _shutdown(self) -> None:
+        self._closing = True
+        self._buffer.clear()
+        self._sock.abort()
+        self._lose(ConnectionAbortedError("the tunnel was closed"))
+
     def _lose(self, exc: Exception | None) -> None:
         if not self._lost:
             self._lost = True
             conn = self._sock.conn
             log.debug("TCP %s %s: %s", self._sock.peername, conn.state.value, conn.stats)
-            self._tunnel._loop.call_soon(self._protocol.connection_lost, exc)
+            loop = self._tunnel._loop
+            loop.call_soon(self._protocol.connection_lost, exc)
+            if not self._sock.closed:
+                # Closed by us but not yet by the peer: FIN-WAIT-2 (or a window that never
+                # opens) could last for ever, so give it Linux's tcp_fin_timeout.
+                loop.call_later(self._tunnel.orphan_timeout, self._reap)
+
+    def _reap(self) -> None:
+        sock = self._sock
+        if not sock.closed and sock.state is not State.TIME_WAIT:
+            sock.abort()
+            self._forget()
+            self._tunnel._kick()
 
     def _flush(self) -> None:
         sock, buffer = self._sock, self._buffer
