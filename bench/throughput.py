@@ -438,10 +438,13 @@ def measure_udp(lab: Lab, t: Tunnel, duration: float, rate: str) -> dict[str, fl
     return {"rx": received["bits_per_second"] / 1e6, "loss": float(received["lost_percent"])}
 
 
-def measure_ping(lab: Lab, t: Tunnel, count: int) -> dict[str, float | None]:
-    deadline = int(count * 0.01 + 10)
+def measure_ping(
+    lab: Lab, t: Tunnel, count: int, interval: float = 0.01
+) -> dict[str, float | None]:
+    deadline = int(count * interval + 10)
     res = lab.run(
-        lab.ns_a, "ping", "-n", "-c", str(count), "-i", "0.01", "-W", "1", "-w", str(deadline),
+        lab.ns_a, "ping", "-n", "-c", str(count), "-i", f"{interval:g}", "-W", "1",
+        "-w", str(deadline),
         t.dst, check=False, timeout=deadline + 10,
     )  # fmt: skip
     died = t.check()
@@ -508,7 +511,7 @@ def run_test(lab: Lab, t: Tunnel, test: Test, args: argparse.Namespace) -> dict[
         return measure_tcp(lab, t, args.duration, int(test.key[3]), test.key.endswith("r"))
     if test.key == "udp":
         return measure_udp(lab, t, args.duration, args.udp_rate)
-    return measure_ping(lab, t, args.pings)
+    return measure_ping(lab, t, args.pings, args.ping_interval)
 
 
 Cell = float | str  # a value, or why it failed
@@ -726,6 +729,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="seconds per iperf3 test (5; 2 with --quick)")
     p.add_argument("--udp-rate", default="200M", help="offered UDP rate for iperf3 -b (200M)")
     p.add_argument("--pings", type=int, help="pings per RTT measurement (100; 50 with --quick)")
+    p.add_argument(
+        "--ping-interval",
+        type=float,
+        default=0.01,
+        metavar="S",
+        help="seconds between pings (0.01); shorter keeps the CPUs awake and caches warm",
+    )
     p.add_argument("--max-restarts", type=int, default=3, help="restarts of a dead pair (3)")
     p.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
     args = p.parse_args(argv)
@@ -733,8 +743,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.duration = args.duration or (2.0 if args.quick else 5.0)
     args.pings = args.pings or (50 if args.quick else 100)
     args.impls = [k for k in PAIRS if k in args.impls]  # table order
-    if args.rounds < 1 or args.duration <= 0 or args.pings < 1:
-        p.error("--rounds, --duration and --pings must be positive")
+    if args.rounds < 1 or args.duration <= 0 or args.pings < 1 or args.ping_interval <= 0:
+        p.error("--rounds, --duration, --pings and --ping-interval must be positive")
     return args
 
 
@@ -805,7 +815,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = (
         f"mode: {'quick' if args.quick else 'default'}; {args.rounds} round(s), interleaved; "
         f"{args.duration:g} s per iperf3 test; UDP offered {args.udp_rate} "
-        f"({UDP_LEN} B payloads); {args.pings} pings at 10 ms\n"
+        f"({UDP_LEN} B payloads); {args.pings} pings at {args.ping_interval * 1000:g} ms\n"
         f"daemons pinned: {('taskset -c ' + args.taskset) if args.taskset else 'no'}; "
         f"tunnel MTU {TUNNEL_MTU}; medians over rounds; * = some rounds failed or missing\n"
         "columns: A<>B implementations (iperf3 client and ping in A); ratios = the column's "
