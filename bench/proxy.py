@@ -50,15 +50,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import (  # bench is not a package: found through sys.path
     GIB,
     GO,
-    RESULTS_MD,
-    ROOT,
     VETH_B,
     WS,
     WS_PYTHON,
     Failure,
     Lab,
-    append_results,
-    command_line,
     cpu_seconds,
     fmt,
     genkey,
@@ -66,6 +62,8 @@ from throughput import (  # bench is not a package: found through sys.path
     machine,
     median_of,
     note,
+    publish,
+    report_tail,
     start_daemon,
     tail,
 )
@@ -676,37 +674,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if goal is not None:
         verdict = "MET" if goal >= 0.5 else "NOT MET"
         body += f"\nproxy/TUN download throughput: {goal:.2f} (goal >= 0.5: {verdict})\n"
-    if footnotes:
-        body += "\nfailures:\n" + "".join(f"  {f}\n" for f in footnotes)
-    for n, d in deaths:
-        body += f"  {n.label} exit: {d}\n"
-    restarts = [f"{n.label} x{n.restarts}" for n in nodes if n.restarts]
-    if restarts:
-        body += f"restarts: {', '.join(restarts)}\n"
-    body += f"\n(total {elapsed:.0f} s; load average {load_before} before, {loadavg()} after)\n"
-    print()
-    print(body)
-    if interrupted:
-        print(f"interrupted ({interrupted}); cleaned up; not appended to RESULTS.md")
-        return 130
-    if args.no_append:
-        return 0
-
-    stamp = started.strftime("%Y-%m-%d %H:%M UTC")
-    record = (
-        f"## Proxy mode vs TUN mode (bench/proxy.py), {size}, server {args.server}, {stamp}\n\n"
-        f"- Machine: `nproc` {info['nproc']}, CPU `{info['cpu']}`, kernel {info['kernel']}; "
-        f"load average {load_before} before, {loadavg()} after (a shared VM).\n"
-        f"- Python {info['python']}.\n"
-        f"- wireguard-go `{info['wireguard-go']}`; `{info['wg']}`.\n"
-        f"- wiresnake at commit {info['commit']} (src/ as it stood in the working tree).\n"
-        f"- Date: {stamp} (system clock); took {elapsed:.0f} s.\n"
-        f"- Command: `{command_line()}`\n\n"
-        f"```\n{body}```\n"
+    body += report_tail(
+        footnotes,
+        [(n.label, d) for n, d in deaths],
+        [f"{n.label} x{n.restarts}" for n in nodes if n.restarts],
+        elapsed,
+        load_before,
     )
-    append_results(record)
-    print(f"appended to {RESULTS_MD.relative_to(ROOT)}")
-    return 0
+    return publish(
+        body,
+        f"Proxy mode vs TUN mode (bench/proxy.py), {size}, server {args.server}",
+        "",
+        info,
+        started,
+        elapsed,
+        load_before,
+        interrupted=interrupted,
+        append=not args.no_append,
+    )
 
 
 if __name__ == "__main__":

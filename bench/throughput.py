@@ -710,6 +710,64 @@ def append_results(text: str) -> None:
         f.write(sep + text)
 
 
+def report_tail(
+    footnotes: Sequence[str],
+    deaths: Sequence[tuple[str, str]],
+    restarts: Sequence[str],
+    elapsed: float,
+    load_before: str,
+) -> str:
+    """The lines after a results table: failures, daemon deaths and restarts, totals."""
+    text = ""
+    if footnotes:
+        text += "\nfailures:\n" + "".join(f"  {f}\n" for f in footnotes)
+    for label, d in deaths:
+        text += f"  {label} exit: {d}\n"
+    if restarts:
+        text += f"restarts: {', '.join(restarts)}\n"
+    return (
+        text + f"\n(total {elapsed:.0f} s; load average {load_before} before, {loadavg()} after)\n"
+    )
+
+
+def publish(
+    body: str,
+    title: str,
+    tools: str,
+    info: dict[str, str],
+    started: dt.datetime,
+    elapsed: float,
+    load_before: str,
+    *,
+    interrupted: str | None,
+    append: bool,
+) -> int:
+    """Print a run's report and append it to RESULTS.md with the machine and the command;
+    the exit status (130 for an interrupted run, which is never appended)."""
+    print()
+    print(body)
+    if interrupted:
+        print(f"interrupted ({interrupted}); cleaned up; not appended to RESULTS.md")
+        return 130
+    if not append:
+        return 0
+    stamp = started.strftime("%Y-%m-%d %H:%M UTC")
+    record = (
+        f"## {title}, {stamp}\n\n"
+        f"- Machine: `nproc` {info['nproc']}, CPU `{info['cpu']}`, kernel {info['kernel']}; "
+        f"load average {load_before} before, {loadavg()} after (a shared VM).\n"
+        f"- Python {info['python']}.\n"
+        f"- wireguard-go `{info['wireguard-go']}`; {tools}`{info['wg']}`.\n"
+        f"- wiresnake at commit {info['commit']} (src/ as it stood in the working tree).\n"
+        f"- Date: {stamp} (system clock); took {elapsed:.0f} s.\n"
+        f"- Command: `{command_line()}`\n\n"
+        f"```\n{body}```\n"
+    )
+    append_results(record)
+    print(f"appended to {RESULTS_MD.relative_to(ROOT)}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- main
 
 
@@ -825,39 +883,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     body = header + "\n" + table + "\n"
     if args.rounds > 1:
         body += "\n" + render_spread(metrics, args.impls, results) + "\n"
-    if footnotes:
-        body += "\nfailures:\n" + "".join(f"  {f}\n" for f in footnotes)
-    for t, d in deaths:
-        body += f"  {LABELS[t.key]} daemon exit: {d}\n"
-    restarts = [f"{LABELS[t.key]} x{t.restarts}" for t in tunnels if t.restarts]
-    if restarts:
-        body += f"restarts: {', '.join(restarts)}\n"
-    body += f"\n(total {elapsed:.0f} s; load average {load_before} before, {loadavg()} after)\n"
-    print()
-    print(body)
-    if interrupted:
-        print(f"interrupted ({interrupted}); cleaned up; not appended to RESULTS.md")
-        return 130
-    if args.no_append:
-        return 0
-
-    stamp = started.strftime("%Y-%m-%d %H:%M UTC")
+    body += report_tail(
+        footnotes,
+        [(f"{LABELS[t.key]} daemon", d) for t, d in deaths],
+        [f"{LABELS[t.key]} x{t.restarts}" for t in tunnels if t.restarts],
+        elapsed,
+        load_before,
+    )
     mode = "quick" if args.quick else "default"
     pin = f", daemons pinned to CPUs {args.taskset}" if args.taskset else ""
-    record = (
-        f"## Tunnel throughput (bench/throughput.py), {mode}{pin}, {stamp}\n\n"
-        f"- Machine: `nproc` {info['nproc']}, CPU `{info['cpu']}`, kernel {info['kernel']}; "
-        f"load average {load_before} before, {loadavg()} after (a shared VM).\n"
-        f"- Python {info['python']}.\n"
-        f"- wireguard-go `{info['wireguard-go']}`; `{info['iperf3']}`; `{info['wg']}`.\n"
-        f"- wiresnake at commit {info['commit']} (src/ as it stood in the working tree).\n"
-        f"- Date: {stamp} (system clock); took {elapsed:.0f} s.\n"
-        f"- Command: `{command_line()}`\n\n"
-        f"```\n{body}```\n"
+    return publish(
+        body,
+        f"Tunnel throughput (bench/throughput.py), {mode}{pin}",
+        f"`{info['iperf3']}`; ",
+        info,
+        started,
+        elapsed,
+        load_before,
+        interrupted=interrupted,
+        append=not args.no_append,
     )
-    append_results(record)
-    print(f"appended to {RESULTS_MD.relative_to(ROOT)}")
-    return 0
 
 
 if __name__ == "__main__":
