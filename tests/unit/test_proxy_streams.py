@@ -96,3 +96,35 @@ def test_a_reset_surfaces_to_the_reader() -> None:
             writer.close()
 
     asyncio.run(scenario())
+
+
+def test_only_streams_with_news_are_serviced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event on one connection must not walk every open one (it made 200 concurrent
+    SOCKS5 connections quadratic)."""
+    from wiresnake.proxy import tunnel as tunnel_module
+
+    async def scenario() -> None:
+        a, b = await _pair()
+        async with a, b:
+            await b.start_server(_echo, 7)
+            conns = [await a.open_connection("10.60.0.2", 7) for _ in range(40)]
+            for reader, writer in conns:  # every connection established and idle
+                writer.write(b"x")
+                assert await asyncio.wait_for(reader.readexactly(1), 10) == b"x"
+            calls = []
+            real = tunnel_module._TcpTransport._service
+
+            def counting(self: tunnel_module._TcpTransport) -> None:
+                calls.append(self)
+                real(self)
+
+            monkeypatch.setattr(tunnel_module._TcpTransport, "_service", counting)
+            reader, writer = conns[0]
+            writer.write(b"ping")
+            assert await asyncio.wait_for(reader.readexactly(4), 10) == b"ping"
+            touched = {id(t) for t in calls}
+            assert 0 < len(touched) <= 4, len(touched)  # ours and b's side, not 80
+            for _, writer in conns:
+                writer.close()
+
+    asyncio.run(scenario())

@@ -119,6 +119,9 @@ class Interface:
         self._out: list[bytes] = []
         # sockets whose poll_at() may have changed, and the deadlines of the others
         self._woken: dict[Socket, None] = {}
+        # sockets with news for their application (input, a timer fired, a connection
+        # accepted), so that glue can look at those only; see take_notified
+        self._notified: dict[Socket, None] = {}
         self._timers: list[tuple[float, int, Socket]] = []
         self._scheduled: dict[Socket, float] = {}
         self._seq = itertools.count()
@@ -210,6 +213,16 @@ class Interface:
     def wake(self, sock: Socket) -> None:
         """`sock` has something to send or a new deadline: consult it on the next poll."""
         self._woken[sock] = None
+
+    def notify(self, sock: Socket) -> None:
+        """`sock` changed in a way its application may want to see."""
+        self._notified[sock] = None
+
+    def take_notified(self) -> dict[Socket, None]:
+        """The sockets notified since the last call (in order), and forget them."""
+        notified = self._notified
+        self._notified = {}
+        return notified
 
     def _schedule(self, sock: Socket, at: float | None) -> None:
         scheduled = self._scheduled

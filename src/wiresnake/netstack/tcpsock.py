@@ -244,6 +244,7 @@ class TcpSocket(Socket):
         src, dst = self._local, self._remote
         for seg in self.conn.poll(now):
             iface.transmit(src, dst, PROTO_TCP, build_segment(src, dst, seg))
+        iface.notify(self)  # a timer may have ended the connection or opened the window
         if self.conn.state is State.CLOSED:
             self._release()
 
@@ -251,6 +252,7 @@ class TcpSocket(Socket):
         self.conn.on_segment(seg, now)
         self._dirty = True
         self.iface.wake(self)
+        self.iface.notify(self)
         listener = self._listener
         if listener is not None and self.conn.state is not State.SYN_RECEIVED:
             self._listener = None
@@ -314,6 +316,7 @@ class TcpListener(Socket):
         iface.counters["tcp_accepted"] += 1
 
     def _established(self, sock: TcpSocket) -> None:
+        self.iface.notify(self)
         self._pending.pop(sock, None)
         if sock.conn.state is not State.CLOSED and not self.closed:
             self._queue.append(sock)

@@ -21,6 +21,7 @@ from wiresnake.io.udp import UdpSockets
 from wiresnake.netstack import tcpsock
 from wiresnake.netstack.icmp import IcmpSocket
 from wiresnake.netstack.iface import Interface
+from wiresnake.netstack.sockets import Socket
 from wiresnake.netstack.tcp import State, TcpError, TcpUsageError
 from wiresnake.netstack.udp import UdpSocket
 from wiresnake.protocol.device import Device, Output
@@ -49,8 +50,11 @@ class Tunnel:
         self._timer_at: float | None = None
         # set after every round of input, so waiters look at their sockets again
         self._changed = asyncio.Event()
-        # TCP transports and servers, serviced after every round
+        # TCP transports and servers; each is serviced when its socket was notified by the
+        # stack or its application did something (_dirty), never all of them per event
         self._streams: dict[_TcpTransport | TcpServer, None] = {}
+        self._by_sock: dict[Socket, _TcpTransport | TcpServer] = {}
+        self._dirty: dict[_TcpTransport | TcpServer, None] = {}
         self._servicing = False
         self.orphan_timeout = ORPHAN_TIMEOUT
 
@@ -91,6 +95,8 @@ class Tunnel:
         for stream in list(self._streams):
             stream._shutdown()
         self._streams.clear()
+        self._by_sock.clear()
+        self._dirty.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -125,20 +131,27 @@ class Tunnel:
         """Move what the stack wants to send through the engine, then re-arm the timer."""
         if self._udp is None:
             return  # closed: nothing moves and no timer is armed again
-        packets = self.iface.poll(now)
-        if packets:
-            self._send(self.device.from_tunnel(packets, now))
-        if self._streams and not self._servicing:
-            # hand received bytes to the streams and take what they wrote, then send it
-            self._servicing = True
-            try:
-                for stream in list(self._streams):
-                    stream._service()
-            finally:
-                self._servicing = False
-            packets = self.iface.poll(now)
+        iface, by_sock, dirty = self.iface, self._by_sock, self._dirty
+        for _ in range(4):  # servicing makes packets; sending them may notify again
+            packets = iface.poll(now)
             if packets:
                 self._send(self.device.from_tunnel(packets, now))
+            for sock in iface.take_notified():
+                stream = by_sock.get(sock)
+                if stream is not None:
+                    dirty[stream] = None
+            if self._servicing or not dirty:
+                break
+            # hand received bytes to the streams and take what they wrote
+            self._servicing = True
+            try:
+                while dirty:
+                    batch = list(dirty)
+                    dirty.clear()
+                    for stream in batch:
+                        stream._service()
+            finally:
+                self._servicing = False
         self._changed.set()
         self._changed = asyncio.Event()
         self._reschedule()
@@ -196,17 +209,27 @@ class Tunnel:
     def udp_endpoint(self, port: int = 0, address: str | None = None) -> UdpEndpoint:
         return UdpEndpoint(self, UdpSocket(self.iface, port, address))
 
-    def _kick(self) -> None:
+    def _kick(self, stream: _TcpTransport | TcpServer | None = None) -> None:
         if self._udp is not None:  # not once closed
+            if stream is not None:
+                self._dirty[stream] = None
             self._pump(time.monotonic())
+
+    def _forget(self, stream: _TcpTransport | TcpServer, sock: Socket) -> None:
+        self._streams.pop(stream, None)
+        self._dirty.pop(stream, None)
+        if self._by_sock.get(sock) is stream:
+            del self._by_sock[sock]
 
     def _attach(
         self, sock: tcpsock.TcpSocket, protocol: asyncio.StreamReaderProtocol
     ) -> _TcpTransport:
         transport = _TcpTransport(self, sock, protocol)
         self._streams[transport] = None
+        self._by_sock[sock] = transport
         protocol.connection_made(transport)
-        self._loop.call_soon(self._kick)  # bytes may have come with the handshake
+        # bytes may have come with the handshake
+        self._loop.call_soon(self._kick, transport)
         return transport
 
     async def open_connection(
@@ -249,6 +272,7 @@ class Tunnel:
         listener = tcpsock.TcpListener(self.iface, port, host, backlog=backlog)
         server = TcpServer(self, listener, client_connected_cb, limit)
         self._streams[server] = None
+        self._by_sock[listener] = server
         return server
 
 
@@ -291,7 +315,7 @@ class TcpServer:
 
     def close(self) -> None:
         self.listener.close()
-        self.tunnel._streams.pop(self, None)
+        self.tunnel._forget(self, self.listener)
 
     def _shutdown(self) -> None:
         self.close()
@@ -347,7 +371,7 @@ class _TcpTransport(asyncio.Transport):
     def resume_reading(self) -> None:
         if self._reading_paused:
             self._reading_paused = False
-            self._tunnel._loop.call_soon(self._tunnel._kick)
+            self._tunnel._loop.call_soon(self._tunnel._kick, self)
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         if high is None:
@@ -371,7 +395,7 @@ class _TcpTransport(asyncio.Transport):
             return
         self._buffer += data
         self._flush()
-        self._tunnel._kick()
+        self._tunnel._kick(self)
 
     def writelines(self, list_of_data: Iterable[Any]) -> None:
         self.write(b"".join(list_of_data))
@@ -384,14 +408,14 @@ class _TcpTransport(asyncio.Transport):
             return
         self._eof_requested = True
         self._flush()
-        self._tunnel._kick()
+        self._tunnel._kick(self)
 
     def close(self) -> None:
         if self._closing:
             return
         self._closing = True
         self._flush()
-        self._tunnel._kick()
+        self._tunnel._kick(self)
 
     def abort(self) -> None:
         self._closing = True
@@ -399,7 +423,7 @@ class _TcpTransport(asyncio.Transport):
         self._sock.abort()
         self._forget()
         self._lose(None)
-        self._tunnel._kick()
+        self._tunnel._kick()  # sends the reset
 
     # -- the tunnel's side ---------------------------------------------------------------------
 
@@ -481,7 +505,7 @@ class _TcpTransport(asyncio.Transport):
             self._forget()
 
     def _forget(self) -> None:
-        self._tunnel._streams.pop(self, None)
+        self._tunnel._forget(self, self._sock)
 
 
 class UdpEndpoint:
