@@ -18,8 +18,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -388,6 +389,173 @@ class Pair:
     def connect(self, *extra_a: str, endpoint_a: bool = True, endpoint_b: bool = True) -> None:
         self.a.add_peer(self.b, "192.168.50.2:51820" if endpoint_a else None, *extra_a)
         self.b.add_peer(self.a, "192.168.50.1:51820" if endpoint_b else None)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, a file only its owner may read (mode 0600 from its creation)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def root_ns_has(name: str, *prefixes: str) -> bool:
+    """Read-only look at the root namespace: does it know the interface `name`, or a route
+    naming it or containing one of `prefixes`?"""
+    link = subprocess.run(["ip", "link", "show", "dev", name], capture_output=True, text=True)
+    routes = ""
+    for family in ("-4", "-6"):
+        routes += subprocess.run(
+            ["ip", "-o", family, "route", "show", "table", "all"], capture_output=True, text=True
+        ).stdout
+    return link.returncode == 0 or name in routes or any(p in routes for p in prefixes)
+
+
+class QuickHosts:
+    """Host `a`, where a wg-quick-like tool brings up the interface `name` from the file
+    `conf` (tunnel 10.80.0.1/24, fd80::1/64, port 51820), and host `b`, running
+    wireguard-go as its peer (10.80.0.2, fd80::2), on one veth link.
+
+    Behind B, and reachable from A only through the tunnel: 10.81.0.1, fd81::1, 10.82.0.1.
+    Subclasses add how the interface goes up and down; `pid` is the daemon that `up`
+    started (see `take_daemon`), ended by `end_daemon` if it outlives the test.
+    """
+
+    # routes the root namespace must never learn (see `in_root_ns`)
+    root_prefixes: tuple[str, ...] = ("10.81.0.0/16",)
+
+    def __init__(
+        self,
+        lab: NetLab,
+        tmp: Path,
+        stem: str,
+        underlay: tuple[str, str],
+        dir_mode: int = 0o777,
+    ) -> None:
+        self.lab = lab
+        self.a_underlay, self.b_underlay = underlay
+        self.ha, self.hb = lab.host("a"), lab.host("b")
+        lab.link(self.ha, self.hb, *underlay)
+        self.b = WgIface(lab, self.hb, "wireguard-go", "10.80.0.2", "fd80::2")
+        # addresses behind B, reachable from A only through the tunnel
+        for extra in ("10.81.0.1/32", "fd81::1/128", "10.82.0.1/32"):
+            self.hb.run("ip", "addr", "add", extra, "dev", self.b.name, "nodad")
+        self.private, self.public = genkey()
+        self.hb.wg(
+            "set", self.b.name, "peer", self.public, "allowed-ips", "10.80.0.1/32,fd80::1/128"
+        )
+        self.name = lab.iface(stem)
+        lab.sockets.append(SOCKET_DIR / f"{self.name}.sock")
+        self.dir = tmp / self.name
+        self.dir.mkdir(mode=dir_mode)
+        self.conf = self.dir / f"{self.name}.conf"
+        self.pid: int | None = None
+        self.start: str | None = None
+        self.before: dict[str, list[str]] = {}
+
+    def write(self, allowed_ips: str, endpoint: str | None = None, extra: str = "") -> str:
+        """The configuration file of A (mode 0600), its one peer B; returns its text."""
+        text = (
+            "[Interface]\n"
+            f"PrivateKey = {self.private}\n"
+            "Address = 10.80.0.1/24, fd80::1/64\n"
+            "ListenPort = 51820\n"
+            f"{extra}"
+            "\n[Peer]\n"
+            f"PublicKey = {self.b.public}\n"
+            f"Endpoint = {endpoint or f'{self.b_underlay}:51820'}\n"
+            f"AllowedIPs = {allowed_ips}\n"
+        )
+        write_private(self.conf, text)
+        return text
+
+    def snapshot(self) -> dict[str, list[str]]:
+        """A's network state, compared before `up` and after `down`."""
+        raise NotImplementedError
+
+    def take_daemon(self, pid: int) -> None:
+        """The daemon `up` left running: ours to end (by PID) even if the test fails."""
+        self.pid = pid
+        self.lab.adopt(pid)
+        self.start = proc_start_time(pid)
+        assert b"wiresnake" in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+    def end_daemon(self) -> None:
+        """After a failed test: do not wait for the namespace's removal to end the daemon."""
+        if self.pid is not None and pid_running(self.pid, self.start):
+            self.lab.end_pid(self.pid)
+
+    def link(self) -> str:
+        return self.ha.run("ip", "-o", "link", "show", "dev", self.name).stdout
+
+    def addresses(self) -> set[str]:
+        out = self.ha.run("ip", "-o", "addr", "show", "dev", self.name, "scope", "global").stdout
+        return set(re.findall(r"inet6? (\S+)", out))
+
+    def routes(self, *args: str) -> list[str]:
+        return [line.strip() for line in self.ha.run("ip", *args).stdout.splitlines()]
+
+    def in_root_ns(self) -> bool:
+        return root_ns_has(self.name, *self.root_prefixes)
+
+    def check_interface(self) -> None:
+        """Up as the file says: addresses, MTU (route MTU 1500 - 80), link up, key, peer."""
+        assert self.addresses() == {"10.80.0.1/24", "fd80::1/64"}
+        link = self.link()
+        assert " mtu 1420 " in link and re.search(r"<[^>]*\bUP\b", link), link
+        show = self.ha.wg("show", self.name)
+        assert f"interface: {self.name}" in show and "listening port: 51820" in show, show
+        assert f"peer: {self.b.public}" in show and f"endpoint: {self.b_underlay}:51820" in show
+
+    def check_routes_and_traffic(self) -> None:
+        """With AllowedIPs 10.80.0.2/32, fd80::2/128, 10.81.0.0/16, fd81::/64: routes for
+        those outside the interface's own subnets (in A only), and B reached over all."""
+        assert any(
+            r.startswith("10.81.0.0/16 ")
+            for r in self.routes("-4", "route", "show", "dev", self.name)
+        )
+        assert any(
+            r.startswith("fd81::/64 ") for r in self.routes("-6", "route", "show", "dev", self.name)
+        )
+        assert not self.in_root_ns()
+        for address in ("10.80.0.2", "fd80::2", "10.81.0.1", "fd81::1"):
+            assert self.ha.ping(address), address
+        assert self.b.peer_row(self.public)[2] == f"{self.a_underlay}:51820"
+
+    def default_route_via_b(self, far: str) -> None:
+        """B's endpoint `far` off-link: A reaches it only by its default route (via B)."""
+        self.hb.run("ip", "addr", "add", f"{far}/32", "dev", "lo")
+        self.ha.run("ip", "route", "add", "default", "via", self.b_underlay)
+
+    def check_default_route(self, far: str) -> None:
+        """With AllowedIPs 0.0.0.0/0, ::/0 and `far` the endpoint: 10.82.0.1 (behind B, no
+        route but the tunnel's default) and `far` itself are reached through the tunnel,
+        while the encrypted packets to `far` (fwmarked) go around it."""
+        for address in ("10.82.0.1", "10.80.0.2", far, "fd80::2"):
+            assert self.ha.ping(address), address
+        get = self.ha.run("ip", "-4", "route", "get", far).stdout
+        assert f"dev {self.name}" in get, get
+        get = self.ha.run("ip", "-4", "route", "get", far, "mark", "0xca6c").stdout
+        assert f"via {self.b_underlay}" in get, get
+
+    def check_nothing_left(self) -> None:
+        """After `down`: no interface, no daemon, no socket file, A's state as before."""
+        assert self.ha.run("ip", "link", "show", "dev", self.name, check=False).returncode != 0
+        if self.pid is not None:
+            assert wait_pid_gone(self.pid, self.start, 10), "the daemon outlived its interface"
+        sock = SOCKET_DIR / f"{self.name}.sock"
+        assert not sock.exists(), "the daemon left its socket file behind"
+        assert self.snapshot() == self.before, "state left behind"
+
+
+Q = TypeVar("Q", bound=QuickHosts)
+
+
+def quick_hosts(cls: Callable[[NetLab, Path], Q], tmp: Path) -> Iterator[Q]:
+    """For a fixture, `yield from quick_hosts(Cls, tmp_path)`: a `Cls` in a new NetLab."""
+    with NetLab() as lab:
+        env = cls(lab, tmp)
+        yield env
+        env.end_daemon()
 
 
 BLAST = str(Path(__file__).with_name("tcpblast.py"))

@@ -24,14 +24,16 @@ from netlab import (
     VENV_BIN,
     Host,
     NetLab,
-    WgIface,
+    QuickHosts,
     genkey,
-    pid_running,
     proc_start_time,
+    quick_hosts,
     require_root_and_tools,
+    root_ns_has,
     socket_owners,
     wait_pid_gone,
     wiresnake_cmd,
+    write_private,
 )
 
 from wiresnake import config
@@ -80,58 +82,14 @@ def snapshot(host: Host) -> dict[str, list[str]]:
     return state
 
 
-def root_ns_has(name: str) -> bool:
-    """Read-only look at the root namespace: does it know this interface or its routes?"""
-    link = subprocess.run(["ip", "link", "show", "dev", name], capture_output=True, text=True)
-    routes = ""
-    for family in ("-4", "-6"):
-        routes += subprocess.run(
-            ["ip", "-o", family, "route", "show", "table", "all"], capture_output=True, text=True
-        ).stdout
-    return link.returncode == 0 or name in routes or "10.81.0.0/16" in routes
-
-
-class Up:
+class Up(QuickHosts):
     """Host `a` brought up by `wiresnake up`, host `b` running wireguard-go."""
 
     def __init__(self, lab: NetLab, tmp: Path) -> None:
-        self.lab = lab
-        self.ha, self.hb = lab.host("a"), lab.host("b")
-        lab.link(self.ha, self.hb, A_UNDERLAY, B_UNDERLAY)
-        self.b = WgIface(lab, self.hb, "wireguard-go", "10.80.0.2", "fd80::2")
-        for extra in ("10.81.0.1/32", "fd81::1/128", "10.82.0.1/32"):
-            self.hb.run("ip", "addr", "add", extra, "dev", self.b.name, "nodad")
-        self.private, self.public = genkey()
-        self.hb.wg(
-            "set", self.b.name, "peer", self.public, "allowed-ips", "10.80.0.1/32,fd80::1/128"
-        )
-        self.name = lab.iface("u")
-        lab.sockets.append(SOCKET_DIR / f"{self.name}.sock")
-        self.dir = tmp / self.name
-        self.dir.mkdir(mode=0o700)
-        self.conf = self.dir / f"{self.name}.conf"
-        self.pid: int | None = None
-        self.start: str | None = None
-        self.before: dict[str, list[str]] = {}
+        super().__init__(lab, tmp, "u", (A_UNDERLAY, B_UNDERLAY), dir_mode=0o700)
 
-    def write(
-        self, allowed_ips: str, endpoint: str = f"{B_UNDERLAY}:51820", extra: str = ""
-    ) -> str:
-        text = (
-            "[Interface]\n"
-            f"PrivateKey = {self.private}\n"
-            "Address = 10.80.0.1/24, fd80::1/64\n"
-            "ListenPort = 51820\n"
-            f"{extra}"
-            "\n[Peer]\n"
-            f"PublicKey = {self.b.public}\n"
-            f"Endpoint = {endpoint}\n"
-            f"AllowedIPs = {allowed_ips}\n"
-        )
-        fd = os.open(self.conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        return text
+    def snapshot(self) -> dict[str, list[str]]:
+        return snapshot(self.ha)
 
     def ws(self, verb: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
         """`wiresnake VERB CONF` inside host a; `path`: its PATH."""
@@ -141,15 +99,12 @@ class Up:
         )
 
     def up(self, path: str | None = None) -> str:
-        self.before = snapshot(self.ha)
+        self.before = self.snapshot()
         res = self.ws("up", path)
         assert res.returncode == 0, f"wiresnake up: {res.returncode}\n{res.stderr}"
         pids = socket_owners(self.ha, self.name)
         assert len(pids) == 1, pids
-        self.pid = pids[0]
-        self.lab.adopt(self.pid)
-        self.start = proc_start_time(self.pid)
-        assert b"wiresnake" in Path(f"/proc/{self.pid}/cmdline").read_bytes()
+        self.take_daemon(pids[0])
         return res.stderr
 
     def down(self, path: str | None = None) -> str:
@@ -157,19 +112,9 @@ class Up:
         assert res.returncode == 0, f"wiresnake down: {res.returncode}\n{res.stderr}"
         return res.stderr
 
-    def link(self) -> str:
-        return self.ha.run("ip", "-o", "link", "show", "dev", self.name).stdout
-
-    def routes(self, *args: str) -> list[str]:
-        return [line.strip() for line in self.ha.run("ip", *args).stdout.splitlines()]
-
     def check_nothing_left(self) -> None:
-        assert self.ha.run("ip", "link", "show", "dev", self.name, check=False).returncode != 0
-        if self.pid is not None:
-            assert wait_pid_gone(self.pid, self.start, 10), "the daemon outlived its interface"
-        assert not (SOCKET_DIR / f"{self.name}.sock").exists(), "socket file left behind"
-        assert snapshot(self.ha) == self.before, "state left behind"
-        assert not root_ns_has(self.name)
+        super().check_nothing_left()
+        assert not self.in_root_ns()
 
     def log(self, stderr: str) -> list[str]:
         return [line.replace(self.name, "IFACE") for line in stderr.splitlines()]
@@ -178,11 +123,7 @@ class Up:
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Up]:
     require_root_and_tools("wg", "wireguard-go", "ping", "ss", "nft", "bash")
-    with NetLab() as lab:
-        u = Up(lab, tmp_path)
-        yield u
-        if u.pid is not None and pid_running(u.pid, u.start):
-            lab.end_pid(u.pid)  # a failed test: do not wait for the namespace's removal
+    yield from quick_hosts(Up, tmp_path)
 
 
 def test_up_and_down_leave_nothing_behind(env: Up) -> None:
@@ -201,23 +142,8 @@ def test_up_and_down_leave_nothing_behind(env: Up) -> None:
         "[#] ip -4 route add 10.81.0.0/16 dev IFACE",
     ]
     assert stat.S_ISSOCK((SOCKET_DIR / f"{env.name}.sock").stat().st_mode)
-    out = env.ha.run("ip", "-o", "addr", "show", "dev", env.name, "scope", "global").stdout
-    assert set(re.findall(r"inet6? (\S+)", out)) == {"10.80.0.1/24", "fd80::1/64"}
-    link = env.link()
-    assert " mtu 1420 " in link and re.search(r"<[^>]*\bUP\b", link), link
-    show = env.ha.wg("show", env.name)
-    assert f"interface: {env.name}" in show and "listening port: 51820" in show, show
-    assert f"peer: {env.b.public}" in show and f"endpoint: {B_UNDERLAY}:51820" in show
-    assert any(
-        r.startswith("10.81.0.0/16 ") for r in env.routes("-4", "route", "show", "dev", env.name)
-    )
-    assert any(
-        r.startswith("fd81::/64 ") for r in env.routes("-6", "route", "show", "dev", env.name)
-    )
-    assert not root_ns_has(env.name)
-    for address in ("10.80.0.2", "fd80::2", "10.81.0.1", "fd81::1"):
-        assert env.ha.ping(address), address
-    assert env.b.peer_row(env.public)[2] == f"{A_UNDERLAY}:51820"
+    env.check_interface()
+    env.check_routes_and_traffic()
 
     assert env.log(env.down()) == ["[#] ip link delete dev IFACE"]
     env.check_nothing_left()
@@ -226,8 +152,7 @@ def test_up_and_down_leave_nothing_behind(env: Up) -> None:
 def test_default_route_through_the_tunnel(env: Up) -> None:
     # B's endpoint is off-link: A reaches it only by its default route, which is then hidden
     # behind the tunnel for every packet not carrying the daemon's fwmark
-    env.hb.run("ip", "addr", "add", f"{B_FAR}/32", "dev", "lo")
-    env.ha.run("ip", "route", "add", "default", "via", B_UNDERLAY)
+    env.default_route_via_b(B_FAR)
     env.write("0.0.0.0/0, ::/0", f"{B_FAR}:51820")
     log = env.log(env.up())
     assert "[#] wiresnake set IFACE fwmark 51820" in log
@@ -248,14 +173,7 @@ def test_default_route_through_the_tunnel(env: Up) -> None:
     assert f'iifname != "{env.name}" ip daddr 10.80.0.1 fib saddr type != local drop' in ruleset
     assert " mtu 1420 " in env.link()
 
-    # 10.82.0.1 is behind B with no route but the tunnel's default; B_FAR itself is now
-    # reached through the tunnel too, while the encrypted packets to it go around it
-    for address in ("10.82.0.1", "10.80.0.2", B_FAR, "fd80::2"):
-        assert env.ha.ping(address), address
-    get = env.ha.run("ip", "-4", "route", "get", B_FAR).stdout
-    assert f"dev {env.name}" in get, get
-    get = env.ha.run("ip", "-4", "route", "get", B_FAR, "mark", "0xca6c").stdout
-    assert f"via {B_UNDERLAY}" in get, get
+    env.check_default_route(B_FAR)
 
     assert env.log(env.down()) == [
         "[#] ip -4 rule delete table 51820",
@@ -432,7 +350,7 @@ def test_a_failure_during_up_undoes_everything(env: Up) -> None:
         time.sleep(0.05)
     assert not (SOCKET_DIR / f"{env.name}.sock").exists(), "the daemon outlived the rollback"
     assert snapshot(env.ha) == before
-    assert not root_ns_has(env.name)
+    assert not env.in_root_ns()
 
 
 # ---------------------------------------------------------------------------------------
@@ -481,9 +399,9 @@ def test_same_commands_and_state_as_wg_quick(tmp_path: Path) -> None:
             d = tmp_path / name
             d.mkdir(mode=0o700)
             conf = d / f"{name}.conf"
-            fd = os.open(conf, os.O_WRONLY | os.O_CREAT, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(
+            write_private(
+                conf,
+                (
                     "[Interface]\n"
                     f"PrivateKey = {private}\n"
                     "Address = 10.70.0.1/24, 10.71.0.1/32\n"
@@ -501,7 +419,8 @@ def test_same_commands_and_state_as_wg_quick(tmp_path: Path) -> None:
                     "\n[Peer]\n"
                     f"PublicKey = {peer2}\n"
                     "AllowedIPs = 10.73.0.0/16, 10.9.0.0/16, fd73::/48\n"
-                )
+                ),
+            )
             confs[tool] = (h, name, conf)
         names[veth_q] = names[veth_w] = "VETH"
         # each side's own underlay address and its gateway (the other's) look the same
@@ -562,7 +481,7 @@ def test_same_commands_and_state_as_wg_quick(tmp_path: Path) -> None:
                 "predown",
                 "postdown",
             ]
-        assert not any(root_ns_has(confs[t][1]) for t in ("q", "w"))
+        assert not any(root_ns_has(confs[t][1], *Up.root_prefixes) for t in ("q", "w"))
 
 
 def test_sigterm_during_up_undoes_everything(env: Up) -> None:

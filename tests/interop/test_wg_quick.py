@@ -8,7 +8,6 @@ WireGuard, as here; where the kernel has it, wg-quick would never run wiresnake.
 from __future__ import annotations
 
 import os
-import re
 import stat
 import subprocess
 import sys
@@ -19,10 +18,8 @@ import pytest
 from netlab import (
     SOCKET_DIR,
     NetLab,
-    WgIface,
-    genkey,
-    pid_running,
-    proc_start_time,
+    QuickHosts,
+    quick_hosts,
     require_root_and_tools,
     socket_owners,
     wait_pid_gone,
@@ -36,43 +33,13 @@ A_UNDERLAY, B_UNDERLAY = "192.168.80.1", "192.168.80.2"
 B_FAR = "172.31.80.2"
 
 
-class Quick:
+class Quick(QuickHosts):
     """Host `a` brought up by wg-quick (wiresnake), host `b` running wireguard-go."""
 
-    def __init__(self, lab: NetLab, tmp: Path) -> None:
-        self.lab = lab
-        self.ha, self.hb = lab.host("a"), lab.host("b")
-        lab.link(self.ha, self.hb, A_UNDERLAY, B_UNDERLAY)
-        self.b = WgIface(lab, self.hb, "wireguard-go", "10.80.0.2", "fd80::2")
-        # addresses behind B, reachable from A only through the tunnel
-        for extra in ("10.81.0.1/32", "fd81::1/128", "10.82.0.1/32"):
-            self.hb.run("ip", "addr", "add", extra, "dev", self.b.name, "nodad")
-        self.private, self.public = genkey()
-        self.hb.wg(
-            "set", self.b.name, "peer", self.public, "allowed-ips", "10.80.0.1/32,fd80::1/128"
-        )
-        self.name = lab.iface("q")
-        lab.sockets.append(SOCKET_DIR / f"{self.name}.sock")
-        self.conf = tmp / self.name / f"{self.name}.conf"
-        self.conf.parent.mkdir()
-        self.pid: int | None = None
-        self.start: str | None = None
-        self.before: dict[str, list[str]] = {}
+    root_prefixes = ("10.81.0.0/16", "fd81::")
 
-    def write(self, allowed_ips: str, endpoint: str, extra: str = "") -> None:
-        self.conf.write_text("")
-        self.conf.chmod(0o600)
-        self.conf.write_text(
-            "[Interface]\n"
-            f"PrivateKey = {self.private}\n"
-            "Address = 10.80.0.1/24, fd80::1/64\n"
-            "ListenPort = 51820\n"
-            f"{extra}"
-            "\n[Peer]\n"
-            f"PublicKey = {self.b.public}\n"
-            f"Endpoint = {endpoint}\n"
-            f"AllowedIPs = {allowed_ips}\n"
-        )
+    def __init__(self, lab: NetLab, tmp: Path) -> None:
+        super().__init__(lab, tmp, "q", (A_UNDERLAY, B_UNDERLAY))
 
     def wg_quick(self, verb: str) -> str:
         res = self.ha.run(
@@ -92,31 +59,14 @@ class Quick:
         assert f"[#] wiresnake {self.name}" in log and "accessible" not in log, log
         pids = socket_owners(self.ha, self.name)
         assert len(pids) == 1 and daemon_pids(self.name) == pids, pids
-        self.pid = pids[0]
-        self.lab.adopt(self.pid)
-        self.start = proc_start_time(self.pid)
-        assert b"wiresnake" in Path(f"/proc/{self.pid}/cmdline").read_bytes()
-
-    def link(self) -> str:
-        return self.ha.run("ip", "-o", "link", "show", "dev", self.name).stdout
-
-    def addresses(self) -> set[str]:
-        out = self.ha.run("ip", "-o", "addr", "show", "dev", self.name, "scope", "global").stdout
-        return set(re.findall(r"inet6? (\S+)", out))
-
-    def routes(self, *args: str) -> list[str]:
-        return [line.strip() for line in self.ha.run("ip", *args).stdout.splitlines()]
+        self.take_daemon(pids[0])
 
     def down_and_check_nothing_left(self) -> None:
         assert self.pid is not None
         self.wg_quick("down")
-        assert self.ha.run("ip", "link", "show", "dev", self.name, check=False).returncode != 0
-        assert wait_pid_gone(self.pid, self.start, 10), "the daemon outlived its interface"
-        sock = SOCKET_DIR / f"{self.name}.sock"
-        assert not sock.exists(), "the daemon left its socket file behind"
+        self.check_nothing_left()
         # the socket directory is shared by all namespaces: other labs' interfaces show too
         assert self.name not in self.ha.wg("show", "interfaces").split()
-        assert self.snapshot() == self.before, "wg-quick down left state behind"
 
     def snapshot(self) -> dict[str, list[str]]:
         """A's routing state: every route, every rule, the nftables tables."""
@@ -133,12 +83,7 @@ class Quick:
 @pytest.fixture
 def quick(tmp_path: Path) -> Iterator[Quick]:
     require_root_and_tools("wg", "wg-quick", "wireguard-go", "ping", "ss", "nft")
-    with NetLab() as lab:
-        q = Quick(lab, tmp_path)
-        yield q
-        if q.pid is not None and pid_running(q.pid, q.start):
-            # a failed test: do not wait for the namespace's removal to end it
-            lab.end_pid(q.pid)
+    yield from quick_hosts(Quick, tmp_path)
 
 
 def daemon_pids(name: str) -> list[int]:
@@ -156,18 +101,6 @@ def daemon_pids(name: str) -> list[int]:
     return pids
 
 
-def root_ns_has(name: str) -> bool:
-    """Read-only look at the root namespace: does it know this interface or its routes?"""
-    link = subprocess.run(["ip", "link", "show", "dev", name], capture_output=True, text=True)
-    routes = subprocess.run(
-        ["ip", "-o", "route", "show", "table", "all"], capture_output=True, text=True
-    ).stdout
-    routes += subprocess.run(
-        ["ip", "-o", "-6", "route", "show", "table", "all"], capture_output=True, text=True
-    ).stdout
-    return link.returncode == 0 or name in routes or "10.81.0.0/16" in routes or "fd81::" in routes
-
-
 def test_wg_quick_up_and_down_leaves_nothing_behind(quick: Quick) -> None:
     quick.write("10.80.0.2/32, fd80::2/128, 10.81.0.0/16, fd81::/64", f"{B_UNDERLAY}:51820")
     quick.up()
@@ -175,32 +108,16 @@ def test_wg_quick_up_and_down_leaves_nothing_behind(quick: Quick) -> None:
     assert stat.S_ISSOCK(sock.stat().st_mode)
 
     # what wg-quick set: addresses, MTU (route MTU 1500 - 80), link up
-    assert quick.addresses() == {"10.80.0.1/24", "fd80::1/64"}
-    link = quick.link()
-    assert " mtu 1420 " in link and re.search(r"<[^>]*\bUP\b", link), link
-    show = quick.ha.wg("show", quick.name)
-    assert f"interface: {quick.name}" in show and "listening port: 51820" in show, show
-    assert f"peer: {quick.b.public}" in show and f"endpoint: {B_UNDERLAY}:51820" in show
+    quick.check_interface()
     allowed = quick.ha.wg("show", quick.name, "allowed-ips").split("\t")[1].split()
     assert sorted(allowed) == sorted(["10.80.0.2/32", "fd80::2/128", "10.81.0.0/16", "fd81::/64"])
     assert quick.name in quick.ha.wg("show", "interfaces").split()
 
     # routes for the AllowedIPs outside the interface's own subnets, here only
-    assert any(
-        r.startswith("10.81.0.0/16 ")
-        for r in quick.routes("-4", "route", "show", "dev", quick.name)
-    )
-    assert any(
-        r.startswith("fd81::/64 ") for r in quick.routes("-6", "route", "show", "dev", quick.name)
-    )
-    assert not root_ns_has(quick.name)
-
-    for address in ("10.80.0.2", "fd80::2", "10.81.0.1", "fd81::1"):
-        assert quick.ha.ping(address), address
-    assert quick.b.peer_row(quick.public)[2] == f"{A_UNDERLAY}:51820"
+    quick.check_routes_and_traffic()
 
     quick.down_and_check_nothing_left()
-    assert not root_ns_has(quick.name)
+    assert not quick.in_root_ns()
 
 
 def test_wg_quick_save_writes_back_the_running_configuration(quick: Quick) -> None:
@@ -228,8 +145,7 @@ def test_wg_quick_save_writes_back_the_running_configuration(quick: Quick) -> No
 def test_wg_quick_default_route_through_the_tunnel_uses_fwmark(quick: Quick) -> None:
     # B's endpoint is off-link: A reaches it only by its default route, which wg-quick then
     # hides behind the tunnel for every packet not carrying the daemon's fwmark
-    quick.hb.run("ip", "addr", "add", f"{B_FAR}/32", "dev", "lo")
-    quick.ha.run("ip", "route", "add", "default", "via", B_UNDERLAY)
+    quick.default_route_via_b(B_FAR)
     quick.write("0.0.0.0/0, ::/0", f"{B_FAR}:51820")
     quick.up()
 
@@ -247,18 +163,11 @@ def test_wg_quick_default_route_through_the_tunnel_uses_fwmark(quick: Quick) -> 
     assert f"wg-quick-{quick.name}" in quick.ha.run("nft", "list", "tables").stdout
     assert " mtu 1420 " in quick.link()
 
-    # 10.82.0.1 is behind B and has no route but the tunnel's default; B_FAR itself is now
-    # reached through the tunnel too, while the encrypted packets to it go around it
-    for address in ("10.82.0.1", "10.80.0.2", B_FAR, "fd80::2"):
-        assert quick.ha.ping(address), address
-    get = quick.ha.run("ip", "-4", "route", "get", B_FAR).stdout
-    assert f"dev {quick.name}" in get, get
-    get = quick.ha.run("ip", "-4", "route", "get", B_FAR, "mark", "0xca6c").stdout
-    assert "via 192.168.80.2" in get, get
+    quick.check_default_route(B_FAR)
     assert quick.b.peer_row(quick.public)[5] != "0"
 
     quick.down_and_check_nothing_left()
-    assert not root_ns_has(quick.name)
+    assert not quick.in_root_ns()
 
 
 def test_wg_quick_up_that_fails_takes_the_daemon_down_again(quick: Quick) -> None:
