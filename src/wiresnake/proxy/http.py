@@ -48,7 +48,7 @@ _log = logging.getLogger(__name__)
 
 MAX_HEAD: Final = 64 * 1024  # request or response head (start line and fields)
 HEAD_TIMEOUT: Final = 30.0
-DIAL_TIMEOUT: Final = 30.0
+DIAL_TIMEOUT: Final = 120.0  # the Dialer bounds each address (10 s); this, the whole name
 LINGER: Final = 2.0  # how long to drain a client before closing (see _close)
 MAX_CHUNK_LINE: Final = 4096
 REALM: Final = "wiresnake"
