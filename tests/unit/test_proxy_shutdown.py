@@ -11,8 +11,10 @@ import os
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -246,3 +248,54 @@ def test_sigterm_ends_the_proxy_while_an_upload_is_stuck(tmp_path: Path) -> None
             b.close()
 
     asyncio.run(scenario())
+
+
+def _pids_running(conf: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(conf).encode() in argv and b"proxy" in argv:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_daemon_mode_returns_at_once_and_serves_in_the_background(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = tmp_path / "bg.conf"
+    b64 = base64.b64encode
+    key = b64(generate_private_key()).decode()
+    conf.write_text(
+        f"[Interface]\nAddress = 10.64.0.2/32\nPrivateKey = {key}\n"
+        f"[Peer]\nPublicKey = {b64(public_key(generate_private_key())).decode()}\n"
+        f"Endpoint = 127.0.0.1:9\nAllowedIPs = 10.64.0.0/24\n"
+        f"[Socks5]\nBindAddress = 127.0.0.1:{port}\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "wiresnake", "proxy", "-d", str(conf)],
+        capture_output=True,
+        timeout=30,
+    )
+    try:
+        assert res.returncode == 0 and res.stdout == res.stderr == b""
+        for _ in range(100):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the background proxy never listened")
+        assert len(_pids_running(conf)) == 1
+    finally:
+        for pid in _pids_running(conf):  # the process this test started, by its PID
+            os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if not _pids_running(conf):
+                break
+            time.sleep(0.1)
+    assert not _pids_running(conf)

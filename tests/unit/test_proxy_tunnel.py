@@ -71,3 +71,28 @@ def test_ping_to_nobody_times_out() -> None:
                 await a.ping("10.60.0.99", timeout=0.5)
 
     asyncio.run(scenario())
+
+
+def test_tunnels_over_an_ipv6_underlay() -> None:
+    async def scenario() -> None:
+        ka, kb = generate_private_key(), generate_private_key()
+        a = await Tunnel.open(DeviceConfig(ka), ["10.63.0.1/24"], listen_host="::1")
+        b = await Tunnel.open(DeviceConfig(kb), ["10.63.0.2/24"], listen_host="::1")
+        now = time.monotonic()
+        a.device.apply_peer(
+            PeerConfig(
+                public_key(kb),
+                endpoint=("::1", b.listen_port),
+                allowed_ips=(parse_network("10.63.0.2/32"),),
+            ),
+            now,
+        )
+        b.device.apply_peer(
+            PeerConfig(public_key(ka), allowed_ips=(parse_network("10.63.0.1/32"),)), now
+        )
+        async with a, b:
+            assert await a.ping("10.63.0.2", timeout=5) > 0
+            peer = next(b.device.peers).endpoint
+            assert peer is not None and peer == ("::1", a.listen_port)
+
+    asyncio.run(scenario())
