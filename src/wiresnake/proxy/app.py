@@ -160,11 +160,11 @@ class ProxyApp:
         reached = await forward.run_stdio_tunnel(dialer, spec, *self.stdio)
         if not reached:
             self.exit_status = 1
-        cfg = self.config
-        others = (
-            cfg.socks5 or cfg.http or cfg.sni or cfg.tunnels.tcp_client or cfg.tunnels.tcp_server
-        )
-        if not (others or cfg.tunnels.udp_proxy or self.info is not None):
+        cfg, tunnels = self.config, self.config.tunnels
+        if not any(
+            (cfg.socks5, cfg.http, cfg.sni, tunnels.tcp_client, tunnels.tcp_server,
+             tunnels.udp_proxy, self.info)
+        ):  # fmt: skip
             # only the stdio tunnel (ssh's ProxyCommand): its end is the process's end
             self.done.set()
 

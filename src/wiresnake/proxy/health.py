@@ -17,6 +17,7 @@ import logging
 import posixpath
 import time
 from collections.abc import Callable, Sequence
+from http import HTTPStatus
 from urllib.parse import urlsplit
 
 from wiresnake.proxy.tunnel import Tunnel
@@ -113,10 +114,9 @@ class InfoServer:
                 method = parts[0]
                 status, body = self.answer(method, parts[1])
             data = body.encode()
-            reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
             writer.write(
                 (
-                    f"HTTP/1.1 {status} {reason.get(status, 'Service Unavailable')}\r\n"
+                    f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
                     f"Content-Type: {'application/json' if body.startswith('{') else 'text/plain'}"
                     f"\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n"
                 ).encode()
@@ -124,9 +124,9 @@ class InfoServer:
             )
             await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
-            pass
-        except (ConnectionError, OSError):
-            pass
+            pass  # a request that never completes, or too big: no answer
+        except OSError:
+            pass  # the client went away
         finally:
             writer.close()
             with contextlib.suppress(Exception):
