@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from wiresnake.config import EndpointSpec
 from wiresnake.proxy import forward
 from wiresnake.proxy.config import ProxyConfig, Source
-from wiresnake.proxy.dial import Dialer
+from wiresnake.proxy.dial import Dialer, open_tunnel
 from wiresnake.proxy.health import AliveChecker, InfoServer
 from wiresnake.proxy.http import serve_http
 from wiresnake.proxy.sni import serve_sni
@@ -98,17 +98,14 @@ class ProxyApp:
 
     async def _start(self) -> None:
         cfg = self.config
-        device_config = cfg.to_device_config(self.resolve)
-        addresses = [str(a) for a in cfg.interface.addresses]
         try:
-            tunnel = await Tunnel.open(device_config, addresses, mtu=cfg.interface.mtu)
+            self.dialer = dialer = await open_tunnel(cfg, resolve=self.resolve)
         except OSError as e:
             raise StartError(
                 f"{cfg.interface.source}: cannot open UDP port "
-                f"{device_config.listen_port}: {e.strerror or e}"
+                f"{cfg.interface.listen_port or 0}: {e.strerror or e}"
             ) from None
-        self.tunnel = tunnel
-        self.dialer = dialer = Dialer.for_config(tunnel, cfg)
+        self.tunnel = tunnel = dialer.tunnel
         for s in cfg.socks5:
             host, port = _split(s.bind)
             socks = Socks5Server(dialer, s.username, s.password)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from wiresnake.config import EndpointSpec
 from wiresnake.proxy.config import ProxyConfig, read_proxy_config
 from wiresnake.proxy.dns import Resolver
 from wiresnake.proxy.tunnel import ClientConnected, TcpServer, Tunnel, UdpEndpoint
@@ -92,17 +94,22 @@ class Dialer:
         self.close()
 
 
-async def open_tunnel(config: str | os.PathLike[str] | ProxyConfig) -> Dialer:
+async def open_tunnel(
+    config: str | os.PathLike[str] | ProxyConfig,
+    *,
+    resolve: Callable[[EndpointSpec], tuple[str, int]] | None = None,
+) -> Dialer:
     """A rootless tunnel from a wireproxy or wg-quick file (or a parsed `ProxyConfig`).
 
     What it answers dials names through the tunnel's `DNS` servers; `async with` it, or
     `close()` it when done. Only `[Interface]` and `[Peer]` matter here: the front ends a
-    file may also list are `wiresnake proxy`'s job.
+    file may also list are `wiresnake proxy`'s job. `resolve` looks up Endpoint names
+    (see `ProxyConfig.to_device_config`).
     """
     if not isinstance(config, ProxyConfig):
         config = read_proxy_config(os.fspath(config))
     tunnel = await Tunnel.open(
-        config.to_device_config(),
+        config.to_device_config(resolve),
         [str(a) for a in config.interface.addresses],
         mtu=config.interface.mtu,
     )
