@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from wiresnake.config import EndpointSpec
 from wiresnake.proxy.config import ProxyConfig, read_proxy_config
@@ -16,13 +16,18 @@ from wiresnake.proxy.upstream import NameResolutionError
 if TYPE_CHECKING:
     from wiresnake.proxy.upstream import Upstream
 
-__all__ = ["DEFAULT_CONNECT_TIMEOUT", "Dialer", "open_tunnel"]
+__all__ = ["DEFAULT_CONNECT_TIMEOUT", "Dialer", "NameResolver", "open_tunnel"]
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
 
+class NameResolver(Protocol):
+    async def resolve(self, host: str) -> list[str]: ...
+
+
 class Dialer:
-    """Dial `host:port` through `tunnel`, asking `resolver` for names.
+    """Dial `host:port` through `tunnel`, asking `resolver` (a DNS `Resolver`, say) for
+    names.
 
     Each address is tried in the resolver's order with `connect_timeout` seconds for the
     handshake, so one dead address (an IPv6 one with no IPv6 route behind the peer, say)
@@ -32,7 +37,7 @@ class Dialer:
     def __init__(
         self,
         tunnel: Tunnel,
-        resolver: Resolver,
+        resolver: NameResolver,
         *,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
