@@ -35,7 +35,6 @@ import argparse
 import datetime as dt
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -55,6 +54,7 @@ from throughput import (  # bench is not a package: found through sys.path
     WS_PYTHON,
     Failure,
     Lab,
+    catch_interrupts,
     cpu_seconds,
     fmt,
     genkey,
@@ -606,19 +606,13 @@ def preflight(args: argparse.Namespace) -> str | None:
     return f"missing tools: {', '.join(missing)}" if missing else None
 
 
-def _raise_interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     problem = preflight(args)
     if problem:
         print(f"proxy.py: {problem}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_interrupt)
+    catch_interrupts()
 
     info = machine()
     load_before = loadavg()

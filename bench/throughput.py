@@ -824,15 +824,20 @@ def _raise_interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
+def catch_interrupts() -> None:
+    """Ctrl-C, SIGTERM and SIGHUP raise KeyboardInterrupt, so the lab is cleaned up."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     problem = preflight(args)
     if problem:
         print(f"throughput.py: {problem}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_interrupt)
+    catch_interrupts()
 
     info = machine()
     load_before = loadavg()
