@@ -1,7 +1,7 @@
 """Throughput, loss, latency and CPU cost of wiresnake against wireguard-go, between namespaces.
 
 Run as root: .venv/bin/python bench/throughput.py [--quick] [--rounds N] [--impls ...]
-                                                 [--taskset CPUS] [--no-append]
+                                                 [--taskset CPUS] [--tests ...] [--no-append]
 
 Two network namespaces, A and B, joined by one veth pair; nothing is configured in the root
 namespace. Inside them, one tunnel per implementation pair, all up at once on their own
@@ -442,6 +442,8 @@ def measure_ping(
     lab: Lab, t: Tunnel, count: int, interval: float = 0.01
 ) -> dict[str, float | None]:
     deadline = int(count * interval + 10)
+    pids = t.pids()
+    before = cpu_seconds(pids) if pids else 0.0
     res = lab.run(
         lab.ns_a, "ping", "-n", "-c", str(count), "-i", f"{interval:g}", "-W", "1",
         "-w", str(deadline),
@@ -453,7 +455,13 @@ def measure_ping(
     times = [float(x) for x in re.findall(r"time=([\d.]+) ms", res.stdout)]
     if not times:
         raise Failure(f"no ping replies ({tail(res.stdout + res.stderr)})")
-    return {"rtt": statistics.median(times) * 1000, "ping_loss": 100.0 * (1 - len(times) / count)}
+    # what the daemons burn around sparse packets (a busy-poll window shows up here)
+    cpu = (cpu_seconds(pids) - before) / count * 1e6 if pids else None
+    return {
+        "rtt": statistics.median(times) * 1000,
+        "cpu": cpu,
+        "ping_loss": 100.0 * (1 - len(times) / count),
+    }
 
 
 # ---------------------------------------------------------------------------- metrics, tests
@@ -486,6 +494,7 @@ def build_metrics(udp_rate: str) -> list[Metric]:
         Metric("udp_rx", f"UDP {udp_rate} A->B: recv Mbit/s", True),
         Metric("udp_loss", f"UDP {udp_rate} A->B: loss %", False),
         Metric("rtt", "ping RTT, median       us", False),
+        Metric("ping_cpu", "CPU us per ping (both daemons)", False, True),
     ]
     metrics += [
         Metric("cpu_" + k, f"CPU s/GiB, {label.split(' Mbit')[0].strip()}", False, True)
@@ -502,8 +511,11 @@ def build_tests() -> list[Test]:
             label = f"TCP {streams} {'B->A' if reverse else 'A->B'}"
             tests.append(Test(key, label, {"rate": key, "cpu": "cpu_" + key}))
     tests.append(Test("udp", "UDP A->B", {"rx": "udp_rx", "loss": "udp_loss"}))
-    tests.append(Test("ping", "ping", {"rtt": "rtt"}))
+    tests.append(Test("ping", "ping", {"rtt": "rtt", "cpu": "ping_cpu"}))
     return tests
+
+
+TEST_KEYS = tuple(t.key for t in build_tests())
 
 
 def run_test(lab: Lab, t: Tunnel, test: Test, args: argparse.Namespace) -> dict[str, float | None]:
@@ -794,6 +806,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="S",
         help="seconds between pings (0.01); shorter keeps the CPUs awake and caches warm",
     )
+    p.add_argument(
+        "--tests",
+        nargs="+",
+        choices=TEST_KEYS,
+        default=list(TEST_KEYS),
+        metavar="TEST",
+        help=f"tests to run, of {', '.join(TEST_KEYS)} (default: all)",
+    )
     p.add_argument("--max-restarts", type=int, default=3, help="restarts of a dead pair (3)")
     p.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
     args = p.parse_args(argv)
@@ -843,7 +863,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = loadavg()
     started = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
-    metrics, tests = build_metrics(args.udp_rate), build_tests()
+    tests = [t for t in build_tests() if t.key in args.tests]
+    wanted = {m for t in tests for m in t.outputs.values()}
+    metrics = [m for m in build_metrics(args.udp_rate) if m.key in wanted]
     tunnels = [Tunnel(k, i, *PAIRS[k]) for i, k in enumerate(args.impls)]
     workdir = Path(tempfile.mkdtemp(prefix="wiresnake-throughput-"))
     lab = Lab(workdir)

@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from wiresnake.io.busypoll import DEFAULT_WINDOW_US, BusyPoll, window_from_env
 from wiresnake.io.tun import Tun, TunGone
 from wiresnake.io.uapisock import SocketInUse, open_listener, socket_path
 from wiresnake.io.udp import UdpSockets
@@ -65,7 +66,14 @@ class _Client:
 class Daemon:
     """Implements `uapi.UapiHost` for the sessions it serves."""
 
-    def __init__(self, tun: Tun, listener: socket.socket, sock_path: str, log: Logger) -> None:
+    def __init__(
+        self,
+        tun: Tun,
+        listener: socket.socket,
+        sock_path: str,
+        log: Logger,
+        busy_poll: float = DEFAULT_WINDOW_US / 1e6,
+    ) -> None:
         self.tun = tun
         self.listener = listener
         self.sock_path = sock_path
@@ -76,6 +84,7 @@ class Daemon:
         # fd -> handler; plain epoll, since selectors costs more per wake-up than the work
         self.epoll = select.epoll()
         self.handlers: dict[int, Callable[[], None]] = {}
+        self.busy = BusyPoll(busy_poll)
         self.stopping = False
         self.exit_reason = ""
         self._sock_inode = os.stat(sock_path).st_ino if os.path.exists(sock_path) else None
@@ -218,20 +227,29 @@ class Daemon:
         self.log.verbose("Device started")
         _signal_ready()
         next_housekeeping = time.monotonic() + _HOUSEKEEPING
+        busy = self.busy
+        monotonic = time.monotonic
         try:
             while not self.stopping:
-                now = time.monotonic()
+                now = monotonic()
                 deadline = self.device.next_deadline()
-                timeout = next_housekeeping - now
+                idle = next_housekeeping - now
                 if deadline is not None:
-                    timeout = min(timeout, deadline - now)
-                for fd, _events in poll(max(timeout, 0.0)):
+                    idle = min(idle, deadline - now)
+                timeout = busy.timeout(now, idle)
+                events = poll(timeout)
+                for fd, _events in events:
                     handler = handlers.get(fd)
                     if handler is not None:
                         handler()
                     if self.stopping:
                         break
-                now = time.monotonic()
+                now = monotonic()
+                if events:
+                    busy.worked(now)
+                elif timeout == 0.0:
+                    # spinning: let whatever else wants this CPU (the peer, the app) run
+                    os.sched_yield()
                 deadline = self.device.next_deadline()
                 if deadline is not None and deadline <= now:
                     self._act(self.device.tick(now))
@@ -305,6 +323,11 @@ def main(argv: list[str]) -> int:
         foreground = True
     log = Logger(name)
     try:
+        busy_poll = window_from_env(os.environ)
+    except ValueError as e:
+        log.error(str(e))
+        return 1
+    try:
         tun_fd = os.environ.get("WG_TUN_FD")
         tun = Tun(int(tun_fd)) if tun_fd else Tun.create(name)
     except (OSError, ValueError) as e:
@@ -354,7 +377,7 @@ def main(argv: list[str]) -> int:
             return 1
         return 0
     try:
-        daemon = Daemon(tun, listener, socket_path(name), log)
+        daemon = Daemon(tun, listener, socket_path(name), log, busy_poll)
     except OSError as e:
         log.error(f"Failed to start: {e}")
         return 1

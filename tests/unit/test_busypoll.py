@@ -1,0 +1,66 @@
+"""The daemon's busy-poll window: when it spins, when it sleeps, and how it is configured."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from wiresnake.io.busypoll import DEFAULT_WINDOW_US, ENV, BusyPoll, window_from_env
+
+
+def test_idle_loop_sleeps_for_its_whole_timeout() -> None:
+    busy = BusyPoll(300e-6)
+    # no work yet: an idle device must block in epoll, never spin
+    assert busy.timeout(100.0, 0.75) == 0.75
+    assert busy.timeout(100.0, -0.1) == 0.0  # an overdue timer is due now
+
+
+def test_window_opens_after_work_and_closes_after_it() -> None:
+    busy = BusyPoll(300e-6)
+    busy.worked(100.0)
+    assert busy.timeout(100.0001, 0.75) == 0.0
+    assert busy.timeout(100.000299, 0.75) == 0.0
+    assert busy.timeout(100.0003, 0.75) == 0.75
+    # more work in the window extends it from the time of that work
+    busy.worked(100.0002)
+    assert busy.timeout(100.00045, 0.75) == 0.0
+    assert busy.timeout(100.0006, 0.75) == 0.75
+
+
+def test_zero_window_never_spins() -> None:
+    busy = BusyPoll(0.0)
+    busy.worked(100.0)
+    assert busy.timeout(100.0, 0.5) == 0.5
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [(None, DEFAULT_WINDOW_US / 1e6), ("", DEFAULT_WINDOW_US / 1e6), ("0", 0.0), (" 50 ", 50e-6)],
+)
+def test_window_from_env(raw: str | None, seconds: float) -> None:
+    env = {} if raw is None else {ENV: raw}
+    assert window_from_env(env) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("raw", ["abc", "1.5", "-1", "1000001"])
+def test_bad_window_is_refused(raw: str) -> None:
+    with pytest.raises(ValueError, match=ENV):
+        window_from_env({ENV: raw})
+
+
+def test_daemon_refuses_a_bad_window_before_touching_the_system() -> None:
+    # the check comes before the TUN is created, so this needs no privileges
+    env = dict(os.environ, **{ENV: "soon"}, LOG_LEVEL="error")
+    res = subprocess.run(
+        [sys.executable, "-m", "wiresnake", "-f", "wsbusy0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode == 1
+    assert f"{ENV}='soon': not a whole number of microseconds" in res.stderr
+    assert "Traceback" not in res.stderr
