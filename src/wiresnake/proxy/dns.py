@@ -393,7 +393,8 @@ class Resolver:
         *,
         port: int = 53,
         timeout: float = 2.0,
-        attempts: int = 2,
+        # 3 x 2 s outlasts one lost handshake packet, which WireGuard resends after 5 s
+        attempts: int = 3,
         max_ttl: float = 300.0,
         max_entries: int = 4096,
         clock: Callable[[], float] = time.monotonic,
