@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 
 from wiresnake.io.busypoll import DEFAULT_WINDOW_US, BusyPoll, window_from_env
-from wiresnake.io.tun import Tun, TunGone
+from wiresnake.io.tun import Tun, TunGone, offload_mode
 from wiresnake.io.uapisock import SocketInUse, open_listener, socket_path
 from wiresnake.io.udp import UdpSockets
 from wiresnake.protocol.device import Device, Output
@@ -79,6 +79,8 @@ class Daemon:
         self.sock_path = sock_path
         self.log = log
         self.device = Device(mtu=tun.mtu(), wall_offset=time.time() - time.monotonic())
+        if tun.vnet and offload_mode() == "tso":
+            tun.negotiate_offloads()  # here, not at creation: the parent may have made it
         self.udp = UdpSockets(0)
         self.device.listen_port = self.udp.port
         # fd -> handler; plain epoll, since selectors costs more per wake-up than the work
@@ -224,7 +226,7 @@ class Daemon:
         old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno())
         old_term = signal.signal(signal.SIGTERM, on_signal)
         old_int = signal.signal(signal.SIGINT, on_signal)
-        self.log.verbose("Device started")
+        self.log.verbose(f"Device started (TUN offloads {self.tun.offloads:#x})")
         _signal_ready()
         next_housekeeping = time.monotonic() + _HOUSEKEEPING
         busy = self.busy
@@ -264,7 +266,10 @@ class Daemon:
             signal.signal(signal.SIGINT, old_int)
             self.log.verbose(f"Shutting down: {self.exit_reason}")
             counted = ", ".join(f"{k}={v}" for k, v in sorted(self.device.counters.items()))
-            self.log.verbose(f"Counters: {counted or 'none'}; TUN writes {self.tun.writes}")
+            self.log.verbose(
+                f"Counters: {counted or 'none'}; TUN writes {self.tun.writes}, "
+                f"offload reads {self.tun.offload_reads} (malformed {self.tun.malformed})"
+            )
             self.close()
         return 0
 
@@ -324,6 +329,7 @@ def main(argv: list[str]) -> int:
     log = Logger(name)
     try:
         busy_poll = window_from_env(os.environ)
+        offload_mode()
     except ValueError as e:
         log.error(str(e))
         return 1

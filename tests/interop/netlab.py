@@ -173,9 +173,14 @@ class NetLab:
         self._wait_socket(name, proc, timeout)
 
     def start_wiresnake(
-        self, host: Host, name: str, env: dict[str, str] | None = None
+        self, host: Host, name: str, env: dict[str, str] | None = None, log: Path | None = None
     ) -> subprocess.Popen[bytes]:
-        proc = host.popen(*wiresnake_cmd(), "-f", name, env=env or {})
+        """`wiresnake -f NAME` in `host`; its stderr goes to `log` (appended) when given."""
+        with contextlib.ExitStack() as stack:
+            kw: dict[str, object] = {"env": env or {}}
+            if log is not None:
+                kw["stderr"] = stack.enter_context(log.open("ab"))
+            proc = host.popen(*wiresnake_cmd(), "-f", name, **kw)
         self._wait_socket(name, proc)
         return proc
 
@@ -300,9 +305,18 @@ class WgIface:
     """One WireGuard interface inside a host, configured with the real `wg`."""
 
     def __init__(
-        self, lab: NetLab, host: Host, impl: str, tunnel_v4: str, tunnel_v6: str, port: int = 51820
+        self,
+        lab: NetLab,
+        host: Host,
+        impl: str,
+        tunnel_v4: str,
+        tunnel_v6: str,
+        port: int = 51820,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
     ) -> None:
         self.lab, self.host, self.impl = lab, host, impl
+        self.env, self.log = env, log  # for a wiresnake daemon: its environment, its stderr
         self.name = lab.iface(impl[:2])
         self.private, self.public = genkey()
         self.tunnel_v4, self.tunnel_v6 = tunnel_v4, tunnel_v6
@@ -323,7 +337,7 @@ class WgIface:
 
     def start(self) -> subprocess.Popen[bytes]:
         if self.impl == "wiresnake":
-            return self.lab.start_wiresnake(self.host, self.name)
+            return self.lab.start_wiresnake(self.host, self.name, self.env, self.log)
         return self.lab.start_wireguard_go(self.host, self.name)
 
     def add_peer(self, other: WgIface, endpoint: str | None = None, *extra: str) -> None:
@@ -377,13 +391,18 @@ class Pair:
     """Two hosts on one veth link, each with one interface: `a` (impl_a) and `b` (impl_b)."""
 
     def __init__(
-        self, lab: NetLab, impl_b: str = "wireguard-go", impl_a: str = "wiresnake"
+        self,
+        lab: NetLab,
+        impl_b: str = "wireguard-go",
+        impl_a: str = "wiresnake",
+        env_a: dict[str, str] | None = None,
+        log_a: Path | None = None,
     ) -> None:
         self.lab = lab
         self.ha, self.hb = lab.host("a"), lab.host("b")
         # the veth ends in ha and hb
         self.veth_a, self.veth_b = lab.link(self.ha, self.hb, "192.168.50.1", "192.168.50.2")
-        self.a = WgIface(lab, self.ha, impl_a, "10.50.0.1", "fd50::1")
+        self.a = WgIface(lab, self.ha, impl_a, "10.50.0.1", "fd50::1", env=env_a, log=log_a)
         self.b = WgIface(lab, self.hb, impl_b, "10.50.0.2", "fd50::2")
 
     def connect(self, *extra_a: str, endpoint_a: bool = True, endpoint_b: bool = True) -> None:

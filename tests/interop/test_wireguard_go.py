@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from netlab import NetLab, Pair, blast, require_root_and_tools
@@ -95,3 +97,28 @@ def test_link_set_down_does_not_stop_the_daemon(pair: Pair) -> None:
     pair.ha.run("ip", "link", "set", pair.a.name, "up")
     pair.ha.run("ip", "addr", "replace", "10.50.0.1/24", "dev", pair.a.name)
     assert pair.hb.ping("10.50.0.1")
+
+
+def test_tso_reads_split_in_userspace_carry_both_ways(tmp_path: Path) -> None:
+    """WIRESNAKE_OFFLOAD=tso: the kernel hands the daemon TCP super-packets and packets
+    with unfinished checksums; what leaves must be exact for wireguard-go's kernel side."""
+    require_root_and_tools("wg", "wireguard-go", "ping")
+    log = tmp_path / "wiresnake.err"
+    env = {"WIRESNAKE_OFFLOAD": "tso", "LOG_LEVEL": "verbose"}
+    with NetLab() as lab:
+        pair = Pair(lab, env_a=env, log_a=log)
+        pair.connect()
+        assert pair.ha.ping("10.50.0.2")
+        assert pair.ha.ping("fd50::2")
+        blast(pair.ha, pair.hb, "10.50.0.2", 30 << 20, seed=11)
+        blast(pair.hb, pair.ha, "10.50.0.1", 30 << 20, seed=12)
+        blast(pair.ha, pair.hb, "fd50::2", 10 << 20, seed=13)
+        assert lab.stop(pair.a.proc) == 0
+    text = log.read_text()
+    started = re.search(r"Device started \(TUN offloads (0x[0-9a-f]+)\)", text)
+    assert started, text[-2000:]
+    assert int(started.group(1), 16) & 0x07 == 0x07, "CSUM, TSO4 and TSO6 accepted"
+    done = re.search(r"offload reads (\d+) \(malformed (\d+)\)", text)
+    assert done, text[-2000:]
+    assert int(done.group(1)) > 100, "the kernel sent super-packets"
+    assert int(done.group(2)) == 0

@@ -1,4 +1,5 @@
-"""The daemon's busy-poll window: when it spins, when it sleeps, and how it is configured."""
+"""The daemon's busy-poll window (when it spins, when it sleeps, how it is configured), and
+the daemon refusing bad tuning variables."""
 
 from __future__ import annotations
 
@@ -51,9 +52,19 @@ def test_bad_window_is_refused(raw: str) -> None:
         window_from_env({ENV: raw})
 
 
-def test_daemon_refuses_a_bad_window_before_touching_the_system() -> None:
-    # the check comes before the TUN is created, so this needs no privileges
-    env = dict(os.environ, **{ENV: "soon"}, LOG_LEVEL="error")
+@pytest.mark.parametrize(
+    ("var", "value", "message"),
+    [
+        (ENV, "soon", f"{ENV}='soon': not a whole number of microseconds"),
+        ("WIRESNAKE_OFFLOAD", "gso", "WIRESNAKE_OFFLOAD='gso': must be one of 0, 1, tso"),
+    ],
+)
+def test_daemon_refuses_bad_settings_before_touching_the_system(
+    var: str, value: str, message: str
+) -> None:
+    # the checks come before the TUN is created, so this needs no privileges
+    env = dict(os.environ, LOG_LEVEL="error")
+    env[var] = value
     res = subprocess.run(
         [sys.executable, "-m", "wiresnake", "-f", "wsbusy0"],
         env=env,
@@ -62,5 +73,5 @@ def test_daemon_refuses_a_bad_window_before_touching_the_system() -> None:
         timeout=30,
     )
     assert res.returncode == 1
-    assert f"{ENV}='soon': not a whole number of microseconds" in res.stderr
+    assert message in res.stderr
     assert "Traceback" not in res.stderr

@@ -9,15 +9,22 @@ import socket
 import struct
 from collections.abc import Sequence
 
-from wiresnake.io.gro import VNET_HDR_LEN, coalesce
+from wiresnake.io.gro import VNET_HDR_LEN, VNET_PLAIN, coalesce
+from wiresnake.io.gso import split
 
-__all__ = ["Tun", "TunGone"]
+__all__ = ["OFFLOAD_ENV", "Tun", "TunGone", "offload_mode", "offloads_wanted"]
 
 _TUNSETIFF = 0x400454CA
 _TUNGETIFF = 0x800454D2
 _IFF_TUN = 0x0001
 _IFF_NO_PI = 0x1000
 _IFF_VNET_HDR = 0x4000
+_TUNSETOFFLOAD = 0x400454D0
+_TUN_F_CSUM, _TUN_F_TSO4, _TUN_F_TSO6, _TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
+_TUN_F_USO4, _TUN_F_USO6 = 0x20, 0x40
+_TSO = _TUN_F_CSUM | _TUN_F_TSO4 | _TUN_F_TSO6 | _TUN_F_TSO_ECN
+# most first; a kernel older than 6.2 refuses USO, one without TSO support refuses that
+_OFFLOAD_CHOICES = (_TSO | _TUN_F_USO4 | _TUN_F_USO6, _TSO, 0)
 _SIOCGIFMTU = 0x8921
 _SIOCSIFMTU = 0x8922
 _IFNAMSIZ = 16
@@ -37,15 +44,30 @@ def _ifreq(name: str, flags: int = 0) -> bytes:
     return struct.pack("16sH22x", raw, flags)
 
 
+OFFLOAD_ENV = "WIRESNAKE_OFFLOAD"
+OFFLOAD_MODES = ("0", "1", "tso")
+
+
+def offload_mode() -> str:
+    """WIRESNAKE_OFFLOAD: 0 plain TUN; 1 (the default) the virtio-net header and GRO
+    writes; tso also asks the kernel for TSO/USO super-packets on reads. Reads split
+    in Python cost more than the syscalls they save (bench/RESULTS.md), hence opt-in."""
+    mode = os.environ.get(OFFLOAD_ENV, "1").strip() or "1"
+    if mode not in OFFLOAD_MODES:
+        raise ValueError(f"{OFFLOAD_ENV}={mode!r}: must be one of {', '.join(OFFLOAD_MODES)}")
+    return mode
+
+
 def offloads_wanted() -> bool:
-    """WIRESNAKE_OFFLOAD=0 turns the virtio-net header (and with it GRO writes) off."""
-    return os.environ.get("WIRESNAKE_OFFLOAD", "1") != "0"
+    """Whether to ask for the virtio-net header (WIRESNAKE_OFFLOAD is not 0)."""
+    return offload_mode() != "0"
 
 
 class Tun:
-    """A TUN device. With the virtio-net header (`vnet`), every read starts with one
-    (all zero here, since no offloads are asked of the kernel) and writes may carry
-    coalesced TCP super-packets (see `gro`); without it, packets are plain."""
+    """A TUN device. With the virtio-net header (`vnet`), every read starts with one and
+    may be a TCP/UDP super-packet or carry an unfinished checksum, as the offloads asked
+    of the kernel allow (split and finished by `gso`), and writes may carry coalesced TCP
+    super-packets (see `gro`); without it, packets are plain."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -54,6 +76,9 @@ class Tun:
         flags = struct.unpack_from("H", info, _IFNAMSIZ)[0]
         self.vnet = bool(flags & _IFF_VNET_HDR)
         self.writes = 0
+        self.offloads = 0  # what TUNSETOFFLOAD accepted, when this object asked
+        self.offload_reads = 0  # reads that were super-packets or had checksums to finish
+        self.malformed = 0  # such reads `gso.split` could not make sense of, dropped
         os.set_blocking(fd, False)
 
     @classmethod
@@ -77,6 +102,18 @@ class Tun:
             raise
         return tun
 
+    def negotiate_offloads(self) -> int:
+        """Ask for checksum, TSO and USO offloads, taking less where the kernel refuses;
+        what the kernel accepted stays in `offloads`."""
+        for wanted in _OFFLOAD_CHOICES:
+            try:
+                fcntl.ioctl(self.fd, _TUNSETOFFLOAD, wanted)
+            except OSError:
+                continue
+            self.offloads = wanted
+            break
+        return self.offloads
+
     def _ioctl_sock(self) -> socket.socket:
         return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
@@ -94,15 +131,26 @@ class Tun:
             fcntl.ioctl(s, _SIOCSIFMTU, req)
 
     def read_batch(self, limit: int = 64) -> list[bytes]:
-        """Up to `limit` packets that are ready, without blocking."""
+        """The packets of up to `limit` reads that are ready, without blocking (a read
+        with offloads may hold many)."""
         out: list[bytes] = []
         read = os.read
         fd = self.fd
-        skip = VNET_HDR_LEN if self.vnet else 0
+        vnet = self.vnet
         try:
             for _ in range(limit):
-                pkt = read(fd, 65536)
-                out.append(pkt[skip:] if skip else pkt)
+                buf = read(fd, 65536 + VNET_HDR_LEN)
+                if not vnet:
+                    out.append(buf)
+                elif buf[:VNET_HDR_LEN] == VNET_PLAIN:
+                    out.append(buf[VNET_HDR_LEN:])  # nothing left to do: the common case
+                else:
+                    self.offload_reads += 1
+                    packets = split(buf)
+                    if packets is None:
+                        self.malformed += 1
+                    else:
+                        out += packets
         except BlockingIOError:
             pass
         except OSError as e:
