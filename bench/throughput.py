@@ -310,6 +310,21 @@ def start_daemon(
     raise Failure(f"{impl} for {name} did not start (rc {proc.returncode}): {last}")
 
 
+def side_cpus(taskset: str | None, side: str) -> str | None:
+    """The CPUs for side A's or B's daemon: "CPUS" pins both sides alike, "A/B" apart."""
+    if taskset is None or "/" not in taskset:
+        return taskset
+    a, b = taskset.split("/", 1)
+    return a if side == "A" else b
+
+
+def pinning(taskset: str | None) -> str:
+    if taskset is None:
+        return "no"
+    a, b = side_cpus(taskset, "A"), side_cpus(taskset, "B")
+    return f"taskset -c {a}" if a == b else f"A's taskset -c {a}, B's taskset -c {b}"
+
+
 def setup_tunnel(lab: Lab, t: Tunnel, taskset: str | None) -> None:
     """(Re)create the pair's two interfaces and complete a handshake."""
     t.error = None
@@ -325,7 +340,7 @@ def setup_tunnel(lab: Lab, t: Tunnel, taskset: str | None) -> None:
     keys = [genkey(), genkey()]
     try:
         for (side, ns, impl, name, _, host), (priv, _) in zip(sides, keys, strict=True):
-            proc, log = start_daemon(lab, ns, impl, name, taskset)
+            proc, log = start_daemon(lab, ns, impl, name, side_cpus(taskset, side))
             t.daemons.append((side, impl, proc, log))
             lab.run(ns, "wg", "set", name, "private-key", "/dev/stdin", "listen-port", str(port),
                     input=priv)  # fmt: skip
@@ -795,7 +810,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="PAIR",
         help=f"pairs to measure, of {', '.join(PAIRS)} (default: all)",
     )
-    p.add_argument("--taskset", metavar="CPUS", help="pin the daemons with taskset -c CPUS")
+    p.add_argument(
+        "--taskset",
+        metavar="CPUS",
+        help="pin the daemons with taskset -c CPUS; A_CPUS/B_CPUS pins each side apart",
+    )
     p.add_argument("--duration", type=float, help="seconds per iperf3 test (5; 2 with --quick)")
     p.add_argument("--udp-rate", default="200M", help="offered UDP rate for iperf3 -b (200M)")
     p.add_argument("--pings", type=int, help="pings per RTT measurement (100; 50 with --quick)")
@@ -901,7 +920,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"mode: {'quick' if args.quick else 'default'}; {args.rounds} round(s), interleaved; "
         f"{args.duration:g} s per iperf3 test; UDP offered {args.udp_rate} "
         f"({UDP_LEN} B payloads); {args.pings} pings at {args.ping_interval * 1000:g} ms\n"
-        f"daemons pinned: {('taskset -c ' + args.taskset) if args.taskset else 'no'}; "
+        f"daemons pinned: {pinning(args.taskset)}; "
         f"tunnel MTU {TUNNEL_MTU}; medians over rounds; * = some rounds failed or missing\n"
         "columns: A<>B implementations (iperf3 client and ping in A); ratios = the column's "
         "median / go<>go's\n(throughput: higher is better; loss, RTT and CPU s/GiB: lower "
