@@ -840,6 +840,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.duration = args.duration or (2.0 if args.quick else 5.0)
     args.pings = args.pings or (50 if args.quick else 100)
     args.impls = [k for k in PAIRS if k in args.impls]  # table order
+    if args.taskset is not None and not all(args.taskset.split("/")):
+        p.error(f"--taskset {args.taskset!r}: empty CPU list")
     if args.rounds < 1 or args.duration <= 0 or args.pings < 1 or args.ping_interval <= 0:
         p.error("--rounds, --duration, --pings and --ping-interval must be positive")
     return args

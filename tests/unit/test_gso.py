@@ -177,7 +177,16 @@ def _bad_reads() -> dict[str, bytes]:
         fields.update(kw)
         return VNET.pack(*fields.values()) + body
 
-    many = tcp_super(Flow(id_step=1), [10] * 130, ACK)[0]
+    too_many = tcp_super(Flow(id_step=1), [40] * 1367, ACK)[0]
+    v6read, _ = tcp_super(Flow(v6=True), [600, 600], ACK)
+
+    def with_doff(doff: int) -> bytes:
+        # data offset in the TCP header's byte 12 (IPv4 header of 20, vnet header of 10)
+        return read[:42] + bytes([doff << 4]) + read[43:]
+
+    def cut(b: bytes) -> bytes:
+        return b[:-100]  # a read shorter than its IP length says
+
     return {
         "short": b"\x01\x01\x00",
         "gso without NEEDS_CSUM": with_vnet(flags=0),
@@ -187,7 +196,12 @@ def _bad_reads() -> dict[str, bytes]:
         "start not the transport header": with_vnet(start=24),
         "udp type on tcp": with_vnet(type=GSO_UDP_L4),
         "checksum field past the end": VNET.pack(NEEDS_CSUM, 0, 0, 0, 60, 16) + body[:50],
-        "more than 128 pieces": many,
+        "more pieces than the smallest MSS allows": too_many,
+        "tcp data offset 2": with_doff(2),
+        "tcp data offset 3": with_doff(3),
+        "tcp data offset 4": with_doff(4),
+        "ipv4 shorter than its total length": cut(read),
+        "ipv6 shorter than its payload length": cut(v6read),
         "not IP": with_vnet()[:10] + b"\x00" * 80,
     }
 
@@ -195,6 +209,62 @@ def _bad_reads() -> dict[str, bytes]:
 @pytest.mark.parametrize("read", list(_bad_reads().values()), ids=list(_bad_reads()))
 def test_reads_the_kernel_cannot_send_are_refused(read: bytes) -> None:
     assert split(read) is None
+
+
+def test_many_small_pieces_are_cut_too() -> None:
+    # Linux's smallest MSS is 48: a burst of 64 KiB then holds over a thousand pieces
+    flow = Flow(id_step=1)
+    read, expected = tcp_super(flow, [48] * 1300, ACK)
+    assert split(read) == expected
+
+
+def test_ipv6_extension_headers_are_copied_into_every_piece() -> None:
+    dest_opts = bytes([6, 0, 1, 4, 0, 0, 0, 0])  # next header TCP, PadN of 4
+
+    def v6_with_opts(seq: int, payload: bytes, flags: int) -> bytes:
+        plain = tcp_packet(v6=True, seq=seq, payload=payload, flags=flags)
+        # the TCP checksum's pseudo-header is the same: addresses, upper-layer length
+        head = bytearray(plain[:40])
+        head[4:6] = (len(plain) - 40 + len(dest_opts)).to_bytes(2, "big")
+        head[6] = 60  # destination options
+        return bytes(head) + dest_opts + plain[40:]
+
+    chunks = [data(i, 700, 9) for i in range(3)]
+    whole = v6_with_opts(5000, b"".join(chunks), ACK | PSH)
+    read = vnet(GSO_TCPV6, 700, 48, 16) + seeded_at(whole, 48, 16, 6)
+    expected = [
+        v6_with_opts(5000 + 700 * k, c, ACK | PSH if k == 2 else ACK) for k, c in enumerate(chunks)
+    ]
+    assert split(read) == expected
+
+
+def seeded_at(pkt: bytes, th: int, at: int, proto: int) -> bytes:
+    seed = pseudo_sum(True, pkt[8:24], pkt[24:40], proto, len(pkt) - th)
+    return pkt[: th + at] + seed.to_bytes(2, "big") + pkt[th + at + 2 :]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from([False, True]),
+    st.sampled_from([GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, GSO_NONE]),
+    st.integers(0, 80),
+    st.integers(0, 0xFF),
+    st.integers(0, 3000),
+    st.integers(-64, 64),
+    st.integers(0, 0xFF),
+)
+def test_mangled_real_packets_never_raise(
+    v6: bool, gso_type: int, at: int, value: int, size: int, start_delta: int, flags: int
+) -> None:
+    # a valid super-packet with one header byte and the vnet fields changed: headers that
+    # look almost right reach the deep paths that random bytes never do
+    read, _ = tcp_super(Flow(v6=v6, id_step=1), [900, 900, 900], ACK)
+    body = bytearray(read[10:])
+    body[at] = value
+    th = 40 if v6 else 20
+    start = max(0, th + start_delta)
+    result = split(VNET.pack(flags, gso_type, 0, size, start, 16) + bytes(body))
+    assert result is None or all(isinstance(p, bytes) for p in result)
 
 
 @settings(max_examples=300, deadline=None)

@@ -27,7 +27,8 @@ _GSO_NONE, _GSO_TCPV4, _GSO_UDP, _GSO_TCPV6, _GSO_UDP_L4 = 0, 1, 3, 4, 5
 _GSO_ECN = 0x80
 _TCP, _UDP = 6, 17
 _FIN, _PSH, _CWR = 0x01, 0x08, 0x80
-_MAX_PIECES = 128  # 64 KiB in pieces of at least 512 bytes
+# 64 KiB in pieces of Linux's smallest MSS (tcp_min_snd_mss, 48): the kernel may send that
+_MAX_PIECES = 65535 // 48 + 1
 
 
 def split(buf: bytes) -> list[bytes] | None:
@@ -71,12 +72,15 @@ def _pieces(pkt: bytes, size: int, th: int, proto: int) -> list[bytes] | None:
     v4 = pkt[0] >> 4 == 4
     if v4:
         ihl = (pkt[0] & 0x0F) * 4
-        if ihl < 20 or th != ihl or pkt[9] != proto:
+        if ihl < 20 or th != ihl or pkt[9] != proto or (pkt[2] << 8 | pkt[3]) != n:
             return None
         src, dst = pkt[12:16], pkt[16:20]
     else:
-        # extension headers would sit between; the kernel offers TSO/USO only without them
-        if pkt[0] >> 4 != 6 or th != 40 or n < 40 or pkt[6] != proto:
+        if pkt[0] >> 4 != 6 or th < 40 or n < 40 or 40 + (pkt[4] << 8 | pkt[5]) != n:
+            return None
+        # extension headers (th > 40) are copied into every piece as they are; the GSO
+        # type says what follows them
+        if th == 40 and pkt[6] != proto:
             return None
         src, dst = pkt[8:24], pkt[24:40]
     if proto == _TCP:
@@ -84,11 +88,13 @@ def _pieces(pkt: bytes, size: int, th: int, proto: int) -> list[bytes] | None:
             return None
         thlen = (pkt[th + 12] >> 4) * 4
         check_at = 16
+        if thlen < 20:
+            return None
     else:
         thlen = 8
         check_at = 6
     header = th + thlen
-    if thlen < 8 or header > n:
+    if header > n:
         return None
     total = n - header
     if total <= size:  # too small to be a real GSO packet: one piece, seed in place
@@ -111,7 +117,7 @@ def _pieces(pkt: bytes, size: int, th: int, proto: int) -> list[bytes] | None:
             head[10:12] = b"\0\0"
             head[10:12] = checksum(memoryview(head)[:th]).to_bytes(2, "big")
         else:
-            head[4:6] = l4len.to_bytes(2, "big")
+            head[4:6] = (th - 40 + l4len).to_bytes(2, "big")
         if proto == _TCP:
             head[th + 4 : th + 8] = ((seq + off - header) & 0xFFFFFFFF).to_bytes(4, "big")
             f = tcp_flags

@@ -9,7 +9,7 @@ import socket
 import struct
 from collections.abc import Sequence
 
-from wiresnake.io.gro import VNET_HDR_LEN, VNET_PLAIN, coalesce
+from wiresnake.io.gro import VNET_HDR_LEN, coalesce
 from wiresnake.io.gso import split
 
 __all__ = ["OFFLOAD_ENV", "Tun", "TunGone", "offload_mode", "offloads_wanted"]
@@ -19,6 +19,9 @@ _TUNGETIFF = 0x800454D2
 _IFF_TUN = 0x0001
 _IFF_NO_PI = 0x1000
 _IFF_VNET_HDR = 0x4000
+# the largest IPv6 packet (a 64 KiB payload after its 40-byte header) and a vnet header
+_READ_SIZE = 40 + 65535 + VNET_HDR_LEN
+_NEEDS_CSUM = 1
 _TUNSETOFFLOAD = 0x400454D0
 _TUN_F_CSUM, _TUN_F_TSO4, _TUN_F_TSO6, _TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
 _TUN_F_USO4, _TUN_F_USO6 = 0x20, 0x40
@@ -139,11 +142,12 @@ class Tun:
         vnet = self.vnet
         try:
             for _ in range(limit):
-                buf = read(fd, 65536 + VNET_HDR_LEN)
+                buf = read(fd, _READ_SIZE)
                 if not vnet:
                     out.append(buf)
-                elif buf[:VNET_HDR_LEN] == VNET_PLAIN:
-                    out.append(buf[VNET_HDR_LEN:])  # nothing left to do: the common case
+                elif not buf[1] and not buf[0] & _NEEDS_CSUM:
+                    # no GSO, no checksum to finish (DATA_VALID may be set): the common case
+                    out.append(buf[VNET_HDR_LEN:])
                 else:
                     self.offload_reads += 1
                     packets = split(buf)
