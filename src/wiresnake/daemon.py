@@ -246,12 +246,14 @@ class Daemon:
                         handler()
                     if self.stopping:
                         break
+                polled = now
                 now = monotonic()
                 if events:
                     busy.worked(now)
                 elif timeout == 0.0:
                     # spinning: let whatever else wants this CPU (the peer, the app) run
                     os.sched_yield()
+                    busy.missed(now, monotonic() - polled)
                 deadline = self.device.next_deadline()
                 if deadline is not None and deadline <= now:
                     self._act(self.device.tick(now))

@@ -75,3 +75,40 @@ def test_daemon_refuses_bad_settings_before_touching_the_system(
     assert res.returncode == 1
     assert message in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_fruitless_polling_is_capped_per_period() -> None:
+    # a packet every 200 us would keep a 300 us window open for ever: the budget stops it
+    busy = BusyPoll(300e-6, budget=0.1, period=0.1)
+    now, spun = 10.0, 0.0
+    while now < 10.09:  # inside the first period
+        busy.worked(now)
+        t = now + 1e-6
+        while busy.timeout(t, 1.0) == 0.0 and t < now + 200e-6:
+            busy.missed(t, 10e-6)
+            spun += 10e-6
+            t += 10e-6
+        now += 200e-6
+    assert 0.009 <= spun <= 0.0101  # a tenth of the period, then no more spinning
+    busy.worked(now)
+    assert busy.timeout(now + 1e-6, 0.5) == 0.5
+
+
+def test_budget_comes_back_with_the_next_period() -> None:
+    busy = BusyPoll(300e-6, budget=0.1, period=0.1)
+    busy.worked(10.0)
+    busy.missed(10.0, 0.02)  # one long miss uses the whole allowance
+    busy.worked(10.05)
+    assert busy.timeout(10.05, 0.5) == 0.5
+    busy.worked(10.2)  # next period: windows open again
+    assert busy.timeout(10.2001, 0.5) == 0.0
+
+
+def test_sparse_replies_stay_within_budget() -> None:
+    # a ping every 10 ms: a window or two of waiting per ping is well under a tenth
+    busy = BusyPoll(300e-6, budget=0.1, period=0.1)
+    for k in range(100):
+        now = 10.0 + k * 0.01
+        busy.worked(now)
+        assert busy.timeout(now + 1e-6, 0.5) == 0.0
+        busy.missed(now + 300e-6, 300e-6)
