@@ -107,10 +107,29 @@ def _merge(
     return tuple(parts)
 
 
+_MASKS: dict[tuple[int, int], int] = {}
+
+
+def _mask(ip_len: int, header: int) -> int:
+    """The header bytes every segment of a merge shares, as an integer mask: all but the
+    IP length, IPv4 ID and header checksum, TCP sequence number, checksum and PSH bit."""
+    mask = _MASKS.get((ip_len, header))
+    if mask is None:
+        keep = bytearray(b"\xff" * header)
+        varying = [(2, 6), (10, 12)] if ip_len == 20 else [(4, 6)]
+        varying += [(ip_len + 4, ip_len + 8), (ip_len + 16, ip_len + 18)]
+        for a, b in varying:
+            keep[a:b] = bytes(b - a)
+        keep[ip_len + 13] = 0xFF & ~_TCP_PSH
+        mask = _MASKS[(ip_len, header)] = int.from_bytes(keep, "big")
+    return mask
+
+
 def coalesce(packets: Sequence[bytes]) -> list[tuple[bytes | memoryview, ...]]:
     """Each item is the buffers of one TUN write: a virtio-net header, then the packet
     (one piece, or the merged headers followed by the joined payloads)."""
     out: list[tuple[bytes | memoryview, ...]] = []
+    from_bytes = int.from_bytes
     i, count = 0, len(packets)
     while i < count:
         p = packets[i]
@@ -121,46 +140,32 @@ def coalesce(packets: Sequence[bytes]) -> list[tuple[bytes | memoryview, ...]]:
             continue
         _key, seq, size, header, flags = info
         o = 20 if p[0] >> 4 == 4 else 40
-        # the header bytes a follower must share with p, as slices of p: IP fields but
-        # length/ID/checksum, ports, ack and data offset, window, urgent pointer, options
-        if o == 20:  # skipping total length, ID and header checksum
-            ip_a, ip_b, ip_c = p[0:2], p[6:10], p[12:24]
-        else:  # skipping payload length
-            ip_a, ip_b, ip_c = p[0:4], p[6:44], b""
-        ack = p[o + 8 : o + 13]
-        window = p[o + 14 : o + 16]
-        rest = p[o + 18 : header]
+        # a follower must match p in every header byte but lengths, IPv4 ID and checksums,
+        # sequence number and PSH: one masked comparison of the headers as integers
+        mask = _mask(o, header)
+        key = from_bytes(p[:header], "big") & mask
+        at = 2 if o == 20 else 4  # IPv4 total length, IPv6 payload length
+        extra = 0 if o == 20 else 40
         expected = (seq + size) & 0xFFFFFFFF
         length = len(p)
         psh = bool(flags & _TCP_PSH)
         j = i + 1
         while j < count and j - i < _MAX_SEGMENTS and not psh:
             q = packets[j]
-            z = len(q) - header
-            if z <= 0 or z > size or length + z > _MAX_BYTES:
-                break
-            if o == 20:
-                if (
-                    q[0:2] != ip_a
-                    or q[6:10] != ip_b
-                    or q[12:24] != ip_c
-                    or (q[2] << 8 | q[3]) != len(q)
-                ):
-                    break
-            elif q[0:4] != ip_a or q[6:44] != ip_b or 40 + (q[4] << 8 | q[5]) != len(q):
-                break
-            f = q[o + 13]
+            n = len(q)
+            z = n - header
             if (
-                (f != _TCP_ACK and f != _TCP_ACK | _TCP_PSH)
-                or q[o + 8 : o + 13] != ack
-                or q[o + 14 : o + 16] != window
-                or q[o + 18 : header] != rest
-                or int.from_bytes(q[o + 4 : o + 8], "big") != expected
+                z <= 0
+                or z > size
+                or length + z > _MAX_BYTES
+                or from_bytes(q[:header], "big") & mask != key
+                or (q[at] << 8 | q[at + 1]) + extra != n
+                or from_bytes(q[o + 4 : o + 8], "big") != expected
             ):
                 break
             length += z
             expected = (expected + z) & 0xFFFFFFFF
-            psh = f == _TCP_ACK | _TCP_PSH
+            psh = bool(q[o + 13] & _TCP_PSH)
             j += 1
             if z < size:
                 break  # a short segment can only end a run
