@@ -123,7 +123,8 @@ class Daemon:
 
     def _act(self, out: Output) -> None:
         if out.datagrams:
-            self.udp.send_batch(out.datagrams)
+            for endpoint, nbytes in self.udp.send_batch(out.datagrams):
+                self.device.unsent(endpoint, nbytes)
         if out.packets:
             self.device.counters["tunnel_packets_out"] += len(out.packets)
             refused = self.tun.write_batch(out.packets)

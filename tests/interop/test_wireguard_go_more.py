@@ -136,6 +136,27 @@ def test_roaming_over_to_ipv6(pair: Pair) -> None:
 # ------------------------------------------------------------------ removal, syncconf
 
 
+def test_sends_the_host_refuses_are_not_counted_as_sent_like_wireguard_go(pair: Pair) -> None:
+    # an endpoint behind an "unreachable" route: every send fails at once and nothing
+    # leaves the namespace; both implementations must then report 0 bytes sent
+    for iface, other in ((pair.a, pair.b), (pair.b, pair.a)):
+        iface.host.run("ip", "route", "add", "unreachable", "10.99.0.0/24")
+        iface.add_peer(other, "10.99.0.1:51820")
+    assert not pair.ha.ping("10.50.0.2", count=2, wait=1)
+    assert not pair.hb.ping("10.50.0.1", count=2, wait=1)
+    for iface, other in ((pair.a, pair.b), (pair.b, pair.a)):
+        row = iface.peer_row(other.public)
+        assert row[2] == "10.99.0.1:51820"
+        assert row[6] == "0", f"{iface.impl} counted {row[6]} bytes it never sent"
+    # once the endpoint is reachable, what is sent is counted again, on both sides alike
+    pair.connect()
+    assert pair.ha.ping("10.50.0.2", count=3)
+    time.sleep(0.5)
+    a_row, b_row = pair.a.peer_row(pair.b.public), pair.b.peer_row(pair.a.public)
+    assert int(a_row[6]) == int(b_row[5]) > 0
+    assert int(b_row[6]) == int(a_row[5]) > 0
+
+
 def test_a_removed_peer_passes_no_traffic_either_way(pair: Pair) -> None:
     pair.connect()
     assert pair.ha.ping("10.50.0.2", count=1)

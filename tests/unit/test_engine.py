@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from lab import Lab, ipv4_packet, ipv6_packet
+from lab import Host, Lab, ipv4_packet, ipv6_packet
 
 from wiresnake.protocol.constants import (
     KEEPALIVE_TIMEOUT,
@@ -325,13 +325,19 @@ def test_cookie_reply_is_not_sent_for_bad_mac1() -> None:
     assert not out.datagrams and b.device.counters["bad_mac1"] == 1
 
 
-def test_removed_peer_passes_no_traffic_and_others_keep_their_session() -> None:
+def hub(port: int = 51820) -> tuple[Lab, Host, Host, Host]:
+    """a, a peer of both b and c (who are not peers of each other)."""
     lab = Lab()
-    a = lab.add_host("a", ("192.0.2.1", 1), "10.0.0.1")
-    b = lab.add_host("b", ("192.0.2.2", 2), "10.0.0.2")
-    c = lab.add_host("c", ("192.0.2.3", 3), "10.0.0.3")
+    a = lab.add_host("a", ("192.0.2.1", port), "10.0.0.1")
+    b = lab.add_host("b", ("192.0.2.2", port), "10.0.0.2")
+    c = lab.add_host("c", ("192.0.2.3", port), "10.0.0.3")
     lab.connect(a, b)
     lab.connect(a, c)
+    return lab, a, b, c
+
+
+def test_removed_peer_passes_no_traffic_and_others_keep_their_session() -> None:
+    lab, a, b, c = hub()
     lab.send(a, b)
     lab.send(a, c)
     kp_c = lab.peer(a, c).current
@@ -556,3 +562,19 @@ def test_the_responder_sends_no_initiation_of_its_own_right_after_answering() ->
     lab.run(0.1)
     lab.send(b, a)  # b has data but no confirmed session: it waits, as the reference
     assert [w[3][0] for w in lab.datagrams(b)] == [RESP]
+
+
+def test_unsent_bytes_come_off_the_peer_whose_endpoint_refused_them() -> None:
+    lab, a, b, c = hub()
+    lab.send(a, b, b"hello")
+    lab.send(a, c, b"hello")
+    pb, pc = lab.peer(a, b), lab.peer(a, c)
+    sent_b, sent_c = pb.tx_bytes, pc.tx_bytes
+    assert sent_b > 0 and sent_c > 0
+    a.device.unsent(("192.0.2.3", 51820), 64)
+    assert (pb.tx_bytes, pc.tx_bytes) == (sent_b, sent_c - 64)
+    a.device.unsent(("192.0.2.3", 51820), 10**9)  # never below zero
+    assert pc.tx_bytes == 0 and pb.tx_bytes == sent_b
+    a.device.unsent(("192.0.2.99", 1), 5)  # nobody's endpoint: only counted
+    assert pb.tx_bytes == sent_b
+    assert a.device.counters["send_failed"] == 3

@@ -38,6 +38,7 @@ class UdpSockets:
         self.fwmark = fwmark
         self.host = host
         self.send_errors = 0
+        self._failed: list[tuple[Endpoint, int]] = []  # of the send_batch under way
         # UDP_SEGMENT until the kernel refuses it once; then one sendto per datagram
         self.gso = True
         self.bind(port)
@@ -127,9 +128,13 @@ class UdpSockets:
             pass
         return out
 
-    def send_batch(self, datagrams: list[tuple[Endpoint, bytes]]) -> None:
+    def send_batch(self, datagrams: list[tuple[Endpoint, bytes]]) -> list[tuple[Endpoint, int]]:
         """Send in order. Runs of datagrams to one endpoint, all of one size but the last,
-        leave in one sendmsg with UDP_SEGMENT (GSO): one syscall for up to 64."""
+        leave in one sendmsg with UDP_SEGMENT (GSO): one syscall for up to 64. Returns
+        what the kernel refused, as (endpoint, bytes), so the sender's counters can say
+        what really left (usually nothing)."""
+        failed: list[tuple[Endpoint, int]] = []
+        self._failed = failed
         i, count = 0, len(datagrams)
         while i < count:
             endpoint, first = datagrams[i]
@@ -149,6 +154,7 @@ class UdpSockets:
             else:
                 self._send_run(endpoint, [d for _, d in datagrams[i:j]], size)
             i = j
+        return failed
 
     def _sock_for(self, endpoint: Endpoint) -> socket.socket | None:
         return self.v6 if ":" in endpoint[0] else self.v4
@@ -157,16 +163,19 @@ class UdpSockets:
         sock = self._sock_for(endpoint)
         if sock is None:
             self.send_errors += 1
+            self._failed.append((endpoint, len(data)))
             return
         try:
             sock.sendto(data, endpoint)
         except OSError:
             self.send_errors += 1
+            self._failed.append((endpoint, len(data)))
 
     def _send_run(self, endpoint: Endpoint, run: list[bytes], size: int) -> None:
         sock = self._sock_for(endpoint)
         if sock is None:
             self.send_errors += len(run)
+            self._failed.append((endpoint, sum(map(len, run))))
             return
         try:
             sock.sendmsg(
@@ -179,6 +188,7 @@ class UdpSockets:
         except OSError as e:
             if e.errno not in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT):
                 self.send_errors += len(run)
+                self._failed.append((endpoint, sum(map(len, run))))
                 return
             self.gso = False  # this kernel or route cannot segment: fall back for good
         for data in run:

@@ -408,6 +408,15 @@ class Device:
         kp.send_counter = counter
         peer.tx_bytes += sent
 
+    def unsent(self, endpoint: Endpoint, nbytes: int) -> None:
+        """The host could not send `nbytes` to `endpoint` (no route, say): take them back
+        off the peer's tx_bytes, which count what left, as WireGuard's do."""
+        self.counters["send_failed"] += 1
+        for peer in self._peers.values():  # a scan, but only when a send failed
+            if peer.endpoint == endpoint:
+                peer.tx_bytes = max(0, peer.tx_bytes - nbytes)
+                return
+
     def _packet_sent(self, peer: Peer, now: float) -> None:
         # any authenticated packet sent: persistent keepalive restarts, passive one is moot
         if peer.persistent_keepalive:

@@ -110,7 +110,8 @@ class Tunnel:
 
     def _send(self, out: Output) -> None:
         if self._udp is not None and out.datagrams:
-            self._udp.send_batch(out.datagrams)
+            for endpoint, nbytes in self._udp.send_batch(out.datagrams):
+                self.device.unsent(endpoint, nbytes)
 
     def _read_ready(self, sock: socket.socket) -> None:
         # Everything queued, in one pass through the engine and the stack: per-datagram
