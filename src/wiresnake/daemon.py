@@ -123,8 +123,9 @@ class Daemon:
 
     def _act(self, out: Output) -> None:
         if out.datagrams:
-            for endpoint, nbytes in self.udp.send_batch(out.datagrams):
-                self.device.unsent(endpoint, nbytes)
+            failed = self.udp.send_batch(out.datagrams)
+            if failed:
+                self.device.unsent(failed)
         if out.packets:
             self.device.counters["tunnel_packets_out"] += len(out.packets)
             refused = self.tun.write_batch(out.packets)

@@ -571,10 +571,24 @@ def test_unsent_bytes_come_off_the_peer_whose_endpoint_refused_them() -> None:
     pb, pc = lab.peer(a, b), lab.peer(a, c)
     sent_b, sent_c = pb.tx_bytes, pc.tx_bytes
     assert sent_b > 0 and sent_c > 0
-    a.device.unsent(("192.0.2.3", 51820), 64)
-    assert (pb.tx_bytes, pc.tx_bytes) == (sent_b, sent_c - 64)
-    a.device.unsent(("192.0.2.3", 51820), 10**9)  # never below zero
+    to_c = ("192.0.2.3", 51820)
+    data = bytes([DATA, 0, 0, 0]) + bytes(60)
+    a.device.unsent([(to_c, data), (to_c, data)])
+    assert (pb.tx_bytes, pc.tx_bytes) == (sent_b, sent_c - 128)
+    a.device.unsent([(to_c, data)] * 10)  # never below zero
     assert pc.tx_bytes == 0 and pb.tx_bytes == sent_b
-    a.device.unsent(("192.0.2.99", 1), 5)  # nobody's endpoint: only counted
+    a.device.unsent([(("192.0.2.99", 1), data)])  # nobody's endpoint: only counted
     assert pb.tx_bytes == sent_b
-    assert a.device.counters["send_failed"] == 3
+    assert a.device.counters["send_failed"] == 2 + 10 + 1
+
+
+def test_a_refused_cookie_reply_is_not_taken_off_any_peer() -> None:
+    # cookie replies go out for no peer and are never charged to one (as in WireGuard)
+    lab, a, b, _c = hub()
+    lab.send(a, b, b"hello")
+    pb = lab.peer(a, b)
+    sent = pb.tx_bytes
+    cookie = bytes([COOKIE, 0, 0, 0]) + bytes(60)
+    a.device.unsent([(("192.0.2.2", 51820), cookie)])
+    assert pb.tx_bytes == sent
+    assert a.device.counters["send_failed"] == 1

@@ -22,8 +22,7 @@ def test_refused_sends_are_returned_and_the_rest_arrive() -> None:
                 (("127.0.0.1", port), b"d" * 10),
             ]
             failed = udp.send_batch(batch)
-            assert failed and all(ep == ("::1", port) for ep, _ in failed)
-            assert sum(n for _, n in failed) == 170
+            assert failed == batch[1:4]  # each refused datagram, once
             assert udp.send_errors == 3
             got = sorted(len(sink.recv(2048)) for _ in range(2))
             assert got == [10, 100]

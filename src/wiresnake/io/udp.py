@@ -38,7 +38,7 @@ class UdpSockets:
         self.fwmark = fwmark
         self.host = host
         self.send_errors = 0
-        self._failed: list[tuple[Endpoint, int]] = []  # of the send_batch under way
+        self._failed: list[tuple[Endpoint, bytes]] = []  # of the send_batch under way
         # UDP_SEGMENT until the kernel refuses it once; then one sendto per datagram
         self.gso = True
         self.bind(port)
@@ -128,12 +128,12 @@ class UdpSockets:
             pass
         return out
 
-    def send_batch(self, datagrams: list[tuple[Endpoint, bytes]]) -> list[tuple[Endpoint, int]]:
+    def send_batch(self, datagrams: list[tuple[Endpoint, bytes]]) -> list[tuple[Endpoint, bytes]]:
         """Send in order. Runs of datagrams to one endpoint, all of one size but the last,
         leave in one sendmsg with UDP_SEGMENT (GSO): one syscall for up to 64. Returns
-        what the kernel refused, as (endpoint, bytes), so the sender's counters can say
-        what really left (usually nothing)."""
-        failed: list[tuple[Endpoint, int]] = []
+        the datagrams the kernel refused, so the sender's counters can say what really
+        left (usually nothing)."""
+        failed: list[tuple[Endpoint, bytes]] = []
         self._failed = failed
         i, count = 0, len(datagrams)
         while i < count:
@@ -163,19 +163,19 @@ class UdpSockets:
         sock = self._sock_for(endpoint)
         if sock is None:
             self.send_errors += 1
-            self._failed.append((endpoint, len(data)))
+            self._failed.append((endpoint, data))
             return
         try:
             sock.sendto(data, endpoint)
         except OSError:
             self.send_errors += 1
-            self._failed.append((endpoint, len(data)))
+            self._failed.append((endpoint, data))
 
     def _send_run(self, endpoint: Endpoint, run: list[bytes], size: int) -> None:
         sock = self._sock_for(endpoint)
         if sock is None:
             self.send_errors += len(run)
-            self._failed.append((endpoint, sum(map(len, run))))
+            self._failed.extend((endpoint, d) for d in run)
             return
         try:
             sock.sendmsg(
@@ -188,7 +188,7 @@ class UdpSockets:
         except OSError as e:
             if e.errno not in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT):
                 self.send_errors += len(run)
-                self._failed.append((endpoint, sum(map(len, run))))
+                self._failed.extend((endpoint, d) for d in run)
                 return
             self.gso = False  # this kernel or route cannot segment: fall back for good
         for data in run:

@@ -81,6 +81,7 @@ from wiresnake.protocol.settings import DeviceConfig, Network, PeerConfig
 __all__ = ["Datagram", "Device", "Output"]
 
 Datagram = tuple[Endpoint, bytes]
+_COOKIE_TYPE = bytes([TYPE_COOKIE_REPLY])
 
 _PAD = bytes(PADDING_MULTIPLE)
 _PACK_HEADER = TRANSPORT_HEADER.pack
@@ -408,14 +409,20 @@ class Device:
         kp.send_counter = counter
         peer.tx_bytes += sent
 
-    def unsent(self, endpoint: Endpoint, nbytes: int) -> None:
-        """The host could not send `nbytes` to `endpoint` (no route, say): take them back
-        off the peer's tx_bytes, which count what left, as WireGuard's do."""
-        self.counters["send_failed"] += 1
-        for peer in self._peers.values():  # a scan, but only when a send failed
-            if peer.endpoint == endpoint:
+    def unsent(self, failed: Iterable[Datagram]) -> None:
+        """The host could not send these (no route, say): take them back off tx_bytes,
+        which count what left, as WireGuard's do. Cookie replies were never charged."""
+        charged: dict[Endpoint, int] = {}
+        for endpoint, msg in failed:
+            self.counters["send_failed"] += 1
+            if msg[:1] != _COOKIE_TYPE:
+                charged[endpoint] = charged.get(endpoint, 0) + len(msg)
+        for peer in self._peers.values():  # a scan, but only when sends failed
+            nbytes = charged.pop(peer.endpoint, 0) if peer.endpoint is not None else 0
+            if nbytes:
                 peer.tx_bytes = max(0, peer.tx_bytes - nbytes)
-                return
+                if not charged:
+                    return
 
     def _packet_sent(self, peer: Peer, now: float) -> None:
         # any authenticated packet sent: persistent keepalive restarts, passive one is moot

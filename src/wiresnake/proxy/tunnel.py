@@ -110,8 +110,9 @@ class Tunnel:
 
     def _send(self, out: Output) -> None:
         if self._udp is not None and out.datagrams:
-            for endpoint, nbytes in self._udp.send_batch(out.datagrams):
-                self.device.unsent(endpoint, nbytes)
+            failed = self._udp.send_batch(out.datagrams)
+            if failed:
+                self.device.unsent(failed)
 
     def _read_ready(self, sock: socket.socket) -> None:
         # Everything queued, in one pass through the engine and the stack: per-datagram
