@@ -34,7 +34,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wiresnake.io.gro import VNET_HDR_LEN, VNET_PLAIN, coalesce
+from wiresnake.io.gro import coalesce
+from wiresnake.io.vnet import VNET_HDR_LEN, VNET_PLAIN
 
 # TCP flags
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80

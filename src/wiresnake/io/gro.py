@@ -14,35 +14,19 @@ functions: no I/O here.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 
-__all__ = ["VNET_HDR_LEN", "VNET_PLAIN", "coalesce"]
+from wiresnake.io.vnet import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, VNET, VNET_PLAIN
+from wiresnake.netstack.checksum import checksum, pseudo_header
 
-VNET_HDR_LEN = 10
-_VNET = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
-VNET_PLAIN = bytes(VNET_HDR_LEN)
-_F_NEEDS_CSUM = 1
-_GSO_TCPV4 = 1
-_GSO_TCPV6 = 4
+__all__ = ["coalesce"]
+
 _MAX_SEGMENTS = 64
 _MAX_BYTES = 65535
 _TCP_ACK, _TCP_PSH = 0x10, 0x08
 
 # one packet as the merge loop sees it: (flow key, seq, payload length, header length, flags)
 _Info = tuple[bytes, int, int, int, int]
-
-
-def _fold(total: int) -> int:
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-def _sum16(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    return sum(struct.unpack(f"!{len(data) // 2}H", data))
 
 
 def _inspect(pkt: bytes) -> _Info | None:
@@ -90,18 +74,18 @@ def _merge(
     if v4:
         head[2:4] = total.to_bytes(2, "big")
         head[10:12] = b"\0\0"
-        head[10:12] = (~_fold(_sum16(bytes(head[:20]))) & 0xFFFF).to_bytes(2, "big")
-        pseudo = _sum16(bytes(head[12:20])) + 6 + tcp_total
-        gso_type = _GSO_TCPV4
+        head[10:12] = checksum(head[:20]).to_bytes(2, "big")
+        pseudo = pseudo_header(bytes(head[12:16]), bytes(head[16:20]), 6, tcp_total)
+        gso_type = GSO_TCPV4
     else:
         head[4:6] = tcp_total.to_bytes(2, "big")
-        pseudo = _sum16(bytes(head[8:40])) + 6 + tcp_total
-        gso_type = _GSO_TCPV6
+        pseudo = pseudo_header(bytes(head[8:24]), bytes(head[24:40]), 6, tcp_total)
+        gso_type = GSO_TCPV6
     if psh:
         head[ip_len + 13] |= _TCP_PSH
     # NEEDS_CSUM: the field holds the folded pseudo-header sum, the kernel adds the rest
-    head[ip_len + 16 : ip_len + 18] = _fold(pseudo).to_bytes(2, "big")
-    vnet = _VNET.pack(_F_NEEDS_CSUM, gso_type, header, gso_size, ip_len, 16)
+    head[ip_len + 16 : ip_len + 18] = pseudo.to_bytes(2, "big")
+    vnet = VNET.pack(F_NEEDS_CSUM, gso_type, header, gso_size, ip_len, 16)
     parts: list[bytes | memoryview] = [vnet, bytes(head)]
     parts += [memoryview(p)[header:] for p in group]
     return tuple(parts)

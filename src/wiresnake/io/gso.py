@@ -14,17 +14,20 @@ Pure functions: no I/O here.
 
 from __future__ import annotations
 
-import struct
-
+from wiresnake.io.vnet import (
+    F_NEEDS_CSUM,
+    GSO_ECN,
+    GSO_NONE,
+    GSO_TCPV4,
+    GSO_TCPV6,
+    GSO_UDP_L4,
+    VNET,
+    VNET_HDR_LEN,
+)
 from wiresnake.netstack.checksum import checksum, pseudo_header
 
 __all__ = ["split"]
 
-_VNET = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
-_VNET_LEN = _VNET.size
-_F_NEEDS_CSUM = 1
-_GSO_NONE, _GSO_TCPV4, _GSO_UDP, _GSO_TCPV6, _GSO_UDP_L4 = 0, 1, 3, 4, 5
-_GSO_ECN = 0x80
 _TCP, _UDP = 6, 17
 _FIN, _PSH, _CWR = 0x01, 0x08, 0x80
 # 64 KiB in pieces of Linux's smallest MSS (tcp_min_snd_mss, 48): the kernel may send that
@@ -34,20 +37,20 @@ _MAX_PIECES = 65535 // 48 + 1
 def split(buf: bytes) -> list[bytes] | None:
     """The packets in one TUN read (virtio-net header first), or None when the read
     cannot be what the kernel sends (the caller drops and counts it)."""
-    if len(buf) < _VNET_LEN:
+    if len(buf) < VNET_HDR_LEN:
         return None
-    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = _VNET.unpack_from(buf)
-    pkt = buf[_VNET_LEN:]
-    gso_type &= ~_GSO_ECN
-    if gso_type == _GSO_NONE:
-        if not flags & _F_NEEDS_CSUM:
+    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET.unpack_from(buf)
+    pkt = buf[VNET_HDR_LEN:]
+    gso_type &= ~GSO_ECN
+    if gso_type == GSO_NONE:
+        if not flags & F_NEEDS_CSUM:
             return [pkt]
         return _finish(pkt, csum_start, csum_offset)
-    if not flags & _F_NEEDS_CSUM or gso_size == 0:
+    if not flags & F_NEEDS_CSUM or gso_size == 0:
         return None
-    if gso_type in (_GSO_TCPV4, _GSO_TCPV6):
+    if gso_type in (GSO_TCPV4, GSO_TCPV6):
         return _pieces(pkt, gso_size, csum_start, _TCP)
-    if gso_type == _GSO_UDP_L4:
+    if gso_type == GSO_UDP_L4:
         return _pieces(pkt, gso_size, csum_start, _UDP)
     return None  # UFO (IP fragmentation) is never offered, nor anything newer
 

@@ -9,8 +9,9 @@ import socket
 import struct
 from collections.abc import Sequence
 
-from wiresnake.io.gro import VNET_HDR_LEN, coalesce
+from wiresnake.io.gro import coalesce
 from wiresnake.io.gso import split
+from wiresnake.io.vnet import F_NEEDS_CSUM, VNET_HDR_LEN
 
 __all__ = ["OFFLOAD_ENV", "Tun", "TunGone", "offload_mode", "offloads_wanted"]
 
@@ -21,7 +22,6 @@ _IFF_NO_PI = 0x1000
 _IFF_VNET_HDR = 0x4000
 # the largest IPv6 packet (a 64 KiB payload after its 40-byte header) and a vnet header
 _READ_SIZE = 40 + 65535 + VNET_HDR_LEN
-_NEEDS_CSUM = 1
 _TUNSETOFFLOAD = 0x400454D0
 _TUN_F_CSUM, _TUN_F_TSO4, _TUN_F_TSO6, _TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
 _TUN_F_USO4, _TUN_F_USO6 = 0x20, 0x40
@@ -145,7 +145,7 @@ class Tun:
                 buf = read(fd, _READ_SIZE)
                 if not vnet:
                     out.append(buf)
-                elif not buf[1] and not buf[0] & _NEEDS_CSUM:
+                elif not buf[1] and not buf[0] & F_NEEDS_CSUM:
                     # no GSO, no checksum to finish (DATA_VALID may be set): the common case
                     out.append(buf[VNET_HDR_LEN:])
                 else:
