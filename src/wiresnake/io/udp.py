@@ -38,7 +38,6 @@ class UdpSockets:
         self.fwmark = fwmark
         self.host = host
         self.send_errors = 0
-        self._failed: list[tuple[Endpoint, bytes]] = []  # of the send_batch under way
         # UDP_SEGMENT until the kernel refuses it once; then one sendto per datagram
         self.gso = True
         self.bind(port)
@@ -134,7 +133,6 @@ class UdpSockets:
         the datagrams the kernel refused, so the sender's counters can say what really
         left (usually nothing)."""
         failed: list[tuple[Endpoint, bytes]] = []
-        self._failed = failed
         i, count = 0, len(datagrams)
         while i < count:
             endpoint, first = datagrams[i]
@@ -150,32 +148,40 @@ class UdpSockets:
                     if len(data) < size:
                         break  # a shorter datagram can only end a run
             if j - i == 1:
-                self._send_one(endpoint, first)
+                self._send_one(endpoint, first, failed)
             else:
-                self._send_run(endpoint, [d for _, d in datagrams[i:j]], size)
+                self._send_run(endpoint, [d for _, d in datagrams[i:j]], size, failed)
             i = j
         return failed
 
     def _sock_for(self, endpoint: Endpoint) -> socket.socket | None:
         return self.v6 if ":" in endpoint[0] else self.v4
 
-    def _send_one(self, endpoint: Endpoint, data: bytes) -> None:
+    def _send_one(
+        self, endpoint: Endpoint, data: bytes, failed: list[tuple[Endpoint, bytes]]
+    ) -> None:
         sock = self._sock_for(endpoint)
         if sock is None:
             self.send_errors += 1
-            self._failed.append((endpoint, data))
+            failed.append((endpoint, data))
             return
         try:
             sock.sendto(data, endpoint)
         except OSError:
             self.send_errors += 1
-            self._failed.append((endpoint, data))
+            failed.append((endpoint, data))
 
-    def _send_run(self, endpoint: Endpoint, run: list[bytes], size: int) -> None:
+    def _send_run(
+        self,
+        endpoint: Endpoint,
+        run: list[bytes],
+        size: int,
+        failed: list[tuple[Endpoint, bytes]],
+    ) -> None:
         sock = self._sock_for(endpoint)
         if sock is None:
             self.send_errors += len(run)
-            self._failed.extend((endpoint, d) for d in run)
+            failed.extend((endpoint, d) for d in run)
             return
         try:
             sock.sendmsg(
@@ -188,11 +194,11 @@ class UdpSockets:
         except OSError as e:
             if e.errno not in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT):
                 self.send_errors += len(run)
-                self._failed.extend((endpoint, d) for d in run)
+                failed.extend((endpoint, d) for d in run)
                 return
             self.gso = False  # this kernel or route cannot segment: fall back for good
         for data in run:
-            self._send_one(endpoint, data)
+            self._send_one(endpoint, data, failed)
 
     def close(self) -> None:
         for s in self.sockets():
