@@ -204,3 +204,15 @@ def test_wheel_and_sdist_carry_the_extras_and_the_licence(tmp_path: Path) -> Non
         members = {m.split("/", 1)[1] for m in tar.getnames() if "/" in m}
     assert "LICENSE" in members
     assert {f"src/wiresnake/data/{s}" for s in SHIPPED} <= members
+
+
+def test_docs_stay_in_the_repository() -> None:
+    """The README and docs/ name files of this repository, not of the machine it grew on."""
+    texts = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    assert ROOT / "docs" / "design.md" in texts
+    for path in texts:
+        text = path.read_text()
+        assert "../shared" not in text and "/work/" not in text, path
+    readme = (ROOT / "README.md").read_text()
+    assert "docs/design.md" in readme
+    assert "wiresnake up wg0.conf" not in readme  # a bare word is a name, as in wg-quick
