@@ -8,17 +8,23 @@ names, as `genkey` and `genpsk` do). Key tools are byte for byte like wireguard-
 where `wg` prints its own name), same exit codes. So are `show`, `showconf`, `set`,
 `setconf`, `addconf` and `syncconf` (and a bare `wiresnake`, which is `show`), which talk to
 the configuration socket through `wgctl`; configuration files are read by `config`, and a bad
-one is reported as `FILE:LINE: ...` before anything is sent.
+one is reported as `FILE:LINE: ...` before anything is sent. `up`, `down`, `save` and
+`strip` are wg-quick's (`quick`).
+
+Any other lone word that is a valid interface name starts the daemon, as `wireguard-go
+IFACE` does, unless `daemon_refusal` takes it for a mistyped subcommand.
 """
 
 from __future__ import annotations
 
+import difflib
 import errno
 import os
 import stat
 import sys
+import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import BinaryIO, Final, NamedTuple
 
 from wiresnake import __version__, config, wgctl
@@ -380,11 +386,11 @@ def cmd_setconf(argv: Sequence[str]) -> int:
 
 
 # ---------------------------------------------------------------------------------------
-# up, down: wg-quick's job (see `quick`)
+# up, down, save, strip: wg-quick's job (see `quick`); proxy; install-extras
 
 
-def cmd_up_down(argv: Sequence[str]) -> int:
-    """`up CONF-or-IFACE` and `down CONF-or-IFACE`, as `wg-quick up` and `wg-quick down`."""
+def cmd_quick(argv: Sequence[str]) -> int:
+    """`up`, `down`, `save` and `strip` with CONF-or-IFACE, as `wg-quick` has them."""
     from wiresnake import quick
 
     return quick.main(argv)
@@ -397,13 +403,22 @@ def cmd_proxy(argv: Sequence[str]) -> int:
     return command.main(argv[1:])
 
 
+def cmd_install_extras(argv: Sequence[str]) -> int:
+    """`install-extras [--root DIR] [--prefix DIR]`: units, man pages, completion."""
+    from wiresnake import extras
+
+    return extras.main(argv[1:])
+
+
 # ---------------------------------------------------------------------------------------
 # Dispatch
 
 SUBCOMMANDS: Final[tuple[Subcommand, ...]] = (
-    # Later sessions add, in this table: up, down, proxy, mesh.
-    Subcommand("up", cmd_up_down, "Brings up a WireGuard interface from a wg-quick file"),
-    Subcommand("down", cmd_up_down, "Takes down a WireGuard interface brought up from a file"),
+    # Later sessions add, in this table: mesh.
+    Subcommand("up", cmd_quick, "Brings up a WireGuard interface from a wg-quick file"),
+    Subcommand("down", cmd_quick, "Takes down a WireGuard interface brought up from a file"),
+    Subcommand("save", cmd_quick, "Writes an interface's running configuration to its file"),
+    Subcommand("strip", cmd_quick, "Prints a wg-quick file without wg-quick's keys, for syncconf"),
     Subcommand("proxy", cmd_proxy, "Runs a rootless SOCKS5/HTTP proxy from a wireproxy file"),
     Subcommand("show", cmd_show, "Shows the current configuration and device information"),
     Subcommand(
@@ -426,16 +441,142 @@ SUBCOMMANDS: Final[tuple[Subcommand, ...]] = (
     Subcommand(
         "pubkey", cmd_pubkey, "Reads a private key from stdin and writes a public key to stdout"
     ),
+    Subcommand(
+        "install-extras",
+        cmd_install_extras,
+        "Installs the systemd units, man pages and bash completion",
+    ),
 )
 
 _BY_NAME: Final = {c.name: c for c in SUBCOMMANDS}
 
+# Words a bare `wiresnake WORD` never takes for an interface name: verbs to come, and the
+# verbs people guess (`wiresnake start`). They get wg's "Invalid subcommand", not a daemon.
+RESERVED_WORDS: Final = frozenset(
+    [
+        "mesh",
+        "help",
+        "version",
+        "all",
+        "interfaces",
+        "daemon",
+        "start",
+        "stop",
+        "status",
+        "restart",
+        "reload",
+        "list",
+        "ls",
+        "add",
+        "del",
+        "delete",
+        "remove",
+        "rm",
+        "run",
+        "create",
+        "new",
+        "init",
+        "enable",
+        "disable",
+        "connect",
+        "disconnect",
+        "config",
+        "conf",
+        "key",
+        "keys",
+        "peer",
+        "peers",
+        "dump",
+        "log",
+        "logs",
+        "info",
+    ]
+)
+# difflib's ratio from which a word is a typo of a verb: catches one swapped, missing or
+# extra letter (`shwo`, `strp`, `syncconfig`) yet not names such as `home` or `vpn`.
+TYPO_CUTOFF: Final = 0.75
+# wg-quick runs `$WG_QUICK_USERSPACE_IMPLEMENTATION IFACE` with this variable set: the name
+# comes from a file, so no typo check, and nothing is said beyond wg-quick's own `[#]` line.
+WG_QUICK_ENV: Final = "WG_QUICK_USERSPACE_IMPLEMENTATION"
+FOREGROUND_FLAGS: Final = ("-f", "--foreground")
+
+# Every variable the program reads (a test checks the source against this list).
+ENVIRONMENT: Final[tuple[tuple[str, str], ...]] = (
+    ("LOG_LEVEL", "verbose (or debug), error (the default) or silent: daemon and proxy logs"),
+    ("WG_PROCESS_FOREGROUND", "=1 keeps the daemon in the foreground, as -f"),
+    ("WG_TUN_FD", "a TUN descriptor the daemon serves instead of creating one"),
+    ("WG_UAPI_FD", "a listening socket the daemon serves instead of creating one"),
+    ("WG_SOCKET_DIR", "directory of the configuration sockets (default /var/run/wireguard)"),
+    ("WIRESNAKE_OFFLOAD", "=0 turns the TUN and UDP offloads off; =tso also reads TSO/USO"),
+    ("WIRESNAKE_BUSY_POLL_US", "microseconds of polling before epoll sleeps (default 300)"),
+    (
+        "WIRESNAKE_RERESOLVE",
+        "=1 re-resolves peers' endpoint names from /etc/wireguard/IFACE.conf when their "
+        "handshakes go stale",
+    ),
+    ("WIRESNAKE_READY_FD", "internal: the daemon child's start-up pipe to its parent"),
+    (WG_QUICK_ENV, "set (as wg-quick sets it): a bare IFACE is not checked for typos"),
+    ("WG_ENDPOINT_RESOLUTION_RETRIES", "tries to resolve an endpoint name (default 15)"),
+    ("WG_COLOR_MODE", "always or never: colours in `show' (default: on a terminal)"),
+    ("WG_HIDE_KEYS", "=never shows private and preshared keys in `show'"),
+    ("HOME", "proxy without a file reads $HOME/.config/wireproxy.conf (after /etc/wireproxy)"),
+)
+
 
 def usage_text() -> str:
-    lines = [f"Usage: {PROG} <cmd> [<args>]", "", "Available subcommands:"]
+    lines = [
+        f"Usage: {PROG} <cmd> [<args>]",
+        f"       {PROG} [-f|--foreground] <interface>",
+        "",
+        "Available subcommands:",
+    ]
     lines += [f"  {c.name}: {c.description}" for c in SUBCOMMANDS]
     lines.append("You may pass `--help' to any of these subcommands to view usage.")
     return "\n".join(lines) + "\n"
+
+
+DAEMON_HELP: Final = f"""\
+Daemon mode, a drop-in for wireguard-go:
+  {PROG} wg0     creates the TUN interface wg0, serves its configuration
+                    socket /var/run/wireguard/wg0.sock and detaches; wg-quick
+                    runs this with {WG_QUICK_ENV}={PROG}
+  {PROG} -f wg0  the same in the foreground
+  The daemon exits on SIGTERM or SIGINT, when its interface is deleted
+  (`ip link del wg0') and when its socket file is removed. A bare word that is
+  a subcommand, a word people try as one (start, stop, list, ...), or, without
+  a digit, close to a subcommand (`shwo') is refused as a typo; with -f any
+  interface name but a subcommand's is taken.
+"""
+
+
+_ENV_COLUMN: Final = 26
+
+
+def help_text() -> str:
+    """`--help`: the subcommands, daemon mode and the environment."""
+    env = []
+    for name, text in ENVIRONMENT:
+        # a name that does not fit the column has its text below it
+        head = f"  {name:<{_ENV_COLUMN - 4}}  " if len(name) <= _ENV_COLUMN - 4 else None
+        if head is None:
+            env.append(f"  {name}")
+        lines = textwrap.wrap(text, 80 - _ENV_COLUMN)
+        env += [
+            (head if n == 0 and head else " " * _ENV_COLUMN) + line for n, line in enumerate(lines)
+        ]
+    return (
+        "\n".join(
+            [
+                usage_text(),
+                DAEMON_HELP,
+                "Environment:",
+                *env,
+                "",
+                f"See {PROG}(8) and {PROG}-proxy(8).",
+            ]
+        )
+        + "\n"
+    )
 
 
 def _is_interface_name(word: str) -> bool:
@@ -447,6 +588,55 @@ def _is_interface_name(word: str) -> bool:
     )
 
 
+def daemon_refusal(word: str, *, explicit: bool, env: Mapping[str, str]) -> str | None:
+    """Why `wiresnake [-f] WORD` must not start a daemon for WORD, or None when it may.
+
+    A subcommand's name is never an interface name. Without -f, and unless wg-quick calls
+    (it names interfaces from files), a reserved word or a word close to a subcommand is
+    taken for a mistyped subcommand; a word with a digit never is (verbs have none, and
+    interface names often do: `wg0`, `down0`).
+    """
+    if word in _BY_NAME:
+        return f"`{word}' is a subcommand, not an interface name"
+    if explicit or WG_QUICK_ENV in env:
+        return None
+    if word.lower() in RESERVED_WORDS:
+        return f"Invalid subcommand: `{word}'"
+    if any(c.isdigit() for c in word):
+        return None
+    close = difflib.get_close_matches(word.lower(), _BY_NAME, n=1, cutoff=TYPO_CUTOFF)
+    if close:
+        return f"Invalid subcommand: `{word}'; did you mean `{close[0]}'?"
+    return None
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr is not None and os.isatty(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _start_daemon(args: list[str]) -> int:
+    explicit = args[0] in FOREGROUND_FLAGS
+    if len(args) == (2 if explicit else 1):
+        refusal = daemon_refusal(args[-1], explicit=explicit, env=os.environ)
+        if refusal is not None:
+            _err(refusal + "\n")
+            if refusal.startswith("Invalid subcommand"):
+                _err(usage_text())
+                _err(f"(`{PROG} -f {args[-1]}' starts a daemon for an interface of that name)\n")
+            return 1
+    from wiresnake import daemon
+
+    # said on a terminal only, so that a daemon nobody meant to start is seen; never to
+    # wg-quick, nor by the re-executed child (it is handed its TUN)
+    announce = (
+        _stderr_is_terminal() and WG_QUICK_ENV not in os.environ and "WG_TUN_FD" not in os.environ
+    )
+    return daemon.main(args, announce=announce)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; `argv` excludes the program name (default: sys.argv[1:])."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -454,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) == 1 and args[0] in ("-v", "--version", "version"):
         return _out(f"{PROG} v{__version__}\n")
     if len(args) == 1 and args[0] in ("-h", "--help", "help"):
-        return _out(usage_text())
+        return _out(help_text())
     if not args:
         return cmd_show(["show"])  # as wg: show every interface
 
@@ -464,10 +654,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # `wiresnake [-f] IFACE`: a word that is no subcommand but a valid interface name
     # starts the userspace daemon, under wireguard-go's contract.
-    if args[0] in ("-f", "--foreground") or (len(args) == 1 and _is_interface_name(args[0])):
-        from wiresnake import daemon
-
-        return daemon.main(args)
+    if args[0] in FOREGROUND_FLAGS or (len(args) == 1 and _is_interface_name(args[0])):
+        return _start_daemon(args)
     _err(f"Invalid subcommand: `{args[0]}'\n")
     _err(usage_text())
     return 1

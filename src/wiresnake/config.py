@@ -608,7 +608,9 @@ def parse_config(text: str, path: str = "<string>", *, wg_quick: bool = False) -
             if taken is None:
                 if wg_quick:  # e.g. `Post Up = ...`: wg-quick passes it on, wg refuses it
                     raise fail(n, f"Line unrecognized: `{line}'")
-                raise fail(n, "a wg-quick key, not read by setconf (strip it first)", key)
+                raise fail(
+                    n, f"a wg-quick key; `wiresnake strip {path}' prints the file without them", key
+                )
             try:
                 quick.take(*taken)
             except ValueError as e:

@@ -317,8 +317,9 @@ def _wait_ready(fd: int, timeout: float = 10.0) -> bool:
         os.close(fd)
 
 
-def main(argv: list[str]) -> int:
-    """`wiresnake [-f|--foreground] IFACE`, the wireguard-go contract."""
+def main(argv: list[str], *, announce: bool = False) -> int:
+    """`wiresnake [-f|--foreground] IFACE`, the wireguard-go contract. With `announce`,
+    say on stderr that a daemon starts, once its TUN and socket exist."""
     foreground = False
     args = list(argv)
     if args and args[0] in ("-f", "--foreground"):
@@ -356,6 +357,11 @@ def main(argv: list[str]) -> int:
         log.error(f"UAPI listen error: {e}")
         tun.close()
         return 1
+    if announce:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(
+                f"wiresnake: starting daemon for {name}; `ip link del {name}' stops it\n"
+            )
     if not foreground:
         ready_r, ready_w = os.pipe()
         env = dict(os.environ)

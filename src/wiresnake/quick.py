@@ -1,4 +1,4 @@
-"""`wiresnake up` and `wiresnake down`: what `wg-quick up/down` does, without wg-quick.
+"""`wiresnake up`, `down`, `save` and `strip`: what `wg-quick` does, without wg-quick.
 
 The work is split in three so that what will happen can be read and tested without
 running anything:
@@ -65,6 +65,7 @@ __all__ = [
     "compute_mtu",
     "down",
     "execute",
+    "find",
     "first_free_table",
     "iptables_removal",
     "load",
@@ -76,8 +77,10 @@ __all__ = [
     "route_mtu",
     "run_plan",
     "runtime_addresses",
+    "save",
     "saved_config_text",
     "sort_prefixes",
+    "strip",
     "substitute",
     "undo_steps",
     "up",
@@ -295,8 +298,9 @@ def check_quick(cfg: Config, table_ok: Callable[[str], bool] = _valid_table) -> 
         seen.add(a)
 
 
-def load(arg: str, *, resolve: bool = True, etc_dir: str = ETC_DIR) -> QuickFile:
-    """Find, read and check a wg-quick file (see the module's doc). Warnings go to stderr."""
+def find(arg: str, etc_dir: str = ETC_DIR) -> tuple[str, str, str]:
+    """(path as named, real path, interface) of CONF-or-IFACE, checked as wg-quick checks
+    it, with its warning for a world accessible file."""
     named, iface = locate(arg, etc_dir)
     if not os.path.exists(named):
         raise QuickError(f"`{named}' does not exist")
@@ -306,6 +310,12 @@ def load(arg: str, *, resolve: bool = True, etc_dir: str = ETC_DIR) -> QuickFile
     with contextlib.suppress(OSError):
         if world_accessible(real):
             _err(f"Warning: `{real}' is world accessible\n")
+    return named, real, iface
+
+
+def load(arg: str, *, resolve: bool = True, etc_dir: str = ETC_DIR) -> QuickFile:
+    """Find, read and check a wg-quick file (see the module's doc). Warnings go to stderr."""
+    named, real, iface = find(arg, etc_dir)
     cfg = config.read_config(named, wg_quick=True)
     for warning in cfg.warnings:
         _err(warning + "\n")
@@ -709,13 +719,13 @@ def saved_config_text(
     addresses: Sequence[InterfaceAddress],
     link_mtu: int | None,
 ) -> str:
-    """The file SaveConfig writes: wg-quick's keys (addresses and MTU as running, MTU only
-    when the file has one; DNS, Table and hooks from the file), then `showconf`."""
+    """The file SaveConfig and `save` write: wg-quick's keys (addresses and MTU as running,
+    MTU only when the file has one; DNS, Table, SaveConfig and hooks from the file), then
+    `showconf`."""
     settings = replace(
         quick,
         addresses=tuple(addresses),
         mtu=link_mtu if quick.mtu is not None else None,
-        save_config=True,
     )
     text = config.format_config(replace(state.to_config(), quick=settings))
     return text.rstrip("\n") + "\n"
@@ -1043,23 +1053,84 @@ def down(arg: str, execute_step: Callable[[Step], None] = execute) -> int:
     return 0 if run_plan(plan_down(qf, facts), execute_step, rollback=False) else 1
 
 
+def save(arg: str, execute_step: Callable[[Step], None] = execute) -> int:
+    """`wiresnake save CONF-or-IFACE`: the running configuration written back to the file
+    (atomically), as `wg-quick save` and SaveConfig on `down` do."""
+    try:
+        qf = load(arg, resolve=False)
+        running = wgctl.list_interfaces()
+    except (QuickError, ConfigError) as e:
+        _err(f"{PROG}: {e}\n" if isinstance(e, QuickError) else f"{e}\n")
+        return 1
+    except wgctl.WgctlError as e:
+        _err(f"Unable to list interfaces: {e.strerror}\n")
+        return 1
+    if qf.iface not in running:
+        _err(f"{PROG}: `{qf.iface}' is not a WireGuard interface\n")
+        return 1
+    step = SaveConfig(qf.iface, qf.path, qf.config.quick)
+    return 0 if run_plan([step], execute_step, rollback=False) else 1
+
+
+def strip(arg: str) -> int:
+    """`wiresnake strip CONF-or-IFACE`: the file without wg-quick's keys, byte for byte as
+    `wg-quick strip` prints it: what `syncconf` and `setconf` take."""
+    try:
+        named = find(arg)[0]
+        with open(named, "rb") as f:
+            data = f.read()
+        # bash's `read` drops NUL bytes; surrogateescape keeps any other byte as it is
+        text = config.strip_wg_quick(data.replace(b"\0", b"").decode("utf-8", "surrogateescape"))
+    except QuickError as e:
+        _err(f"{PROG}: {e}\n")
+        return 1
+    except OSError as e:
+        _err(f"{PROG}: {arg}: {e.strerror or e}\n")
+        return 1
+    except ValueError as e:  # SaveConfig neither true nor false, as wg-quick dies on it
+        _err(f"{PROG}: {e}\n")
+        return 1
+    try:
+        sys.stdout.flush()
+        out = text.encode("utf-8", "surrogateescape")
+        while out:
+            out = out[os.write(sys.stdout.fileno(), out) :]
+    except (AttributeError, ValueError):  # no descriptor (captured in a test)
+        sys.stdout.write(out.decode("utf-8", "replace"))
+    except OSError as e:
+        _err(f"{PROG}: write error: {e.strerror or e}\n")
+        return 1
+    return 0
+
+
 USAGE: Final = (
-    f"Usage: {PROG} [ up | down ] [ CONFIG_FILE | INTERFACE ]\n"
+    f"Usage: {PROG} [ up | down | save | strip ] [ CONFIG_FILE | INTERFACE ]\n"
     "\n"
     "  CONFIG_FILE is a configuration file, whose filename is the interface name\n"
     "  followed by `.conf'. Otherwise, INTERFACE is an interface name, with\n"
     f"  configuration found at {ETC_DIR}/INTERFACE.conf. It is a wg-quick(8) file:\n"
     "  the [Interface] section may also carry Address, DNS, MTU, Table, PreUp,\n"
     "  PostUp, PreDown, PostDown and SaveConfig.\n"
+    "\n"
+    "  `save' writes the running configuration of the interface to the file;\n"
+    f"  `strip' prints the file without wg-quick's keys, for `{PROG} syncconf'.\n"
 )
+
+_VERBS: Final[dict[str, Callable[[str], int]]] = {
+    "up": up,
+    "down": down,
+    "save": save,
+    "strip": strip,
+}
 
 
 def main(argv: Sequence[str]) -> int:
-    """`up ARG` or `down ARG` (argv starts at the subcommand's name)."""
+    """`up`, `down`, `save` or `strip` with one argument (argv starts at the verb)."""
     if len(argv) == 2 and argv[1] in ("-h", "--help", "help"):
         _err(USAGE)
         return 0
-    if len(argv) != 2 or argv[0] not in ("up", "down"):
+    verb = _VERBS.get(argv[0]) if argv else None
+    if len(argv) != 2 or verb is None:
         _err(USAGE)
         return 1
-    return up(argv[1]) if argv[0] == "up" else down(argv[1])
+    return verb(argv[1])

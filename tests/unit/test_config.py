@@ -244,7 +244,8 @@ def test_incremental_allowed_ips_with_plus_and_minus() -> None:
         ),
         (
             "[Interface]\nAddress = 10.0.0.1/24\n",
-            "wg0.conf:2: Address: a wg-quick key, not read by setconf (strip it first)",
+            "wg0.conf:2: Address: a wg-quick key; `wiresnake strip wg0.conf' prints the file "
+            "without them",
         ),
     ],
 )

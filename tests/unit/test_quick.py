@@ -179,14 +179,44 @@ def test_up_and_down_with_a_bad_file_touch_nothing(
 
 def test_cli_dispatch_and_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["up"]) == 1
-    assert capsys.readouterr().err.startswith("Usage: wiresnake [ up | down ]")
+    assert capsys.readouterr().err.startswith("Usage: wiresnake [ up | down | save | strip ]")
     assert cli.main(["down", "a", "b"]) == 1
     assert cli.main(["up", "--help"]) == 0
     assert "CONFIG_FILE" in capsys.readouterr().err
-    assert cli.main(["down", "/nonexistent/wgz.conf"]) == 1
-    assert capsys.readouterr().err == "wiresnake: `/nonexistent/wgz.conf' does not exist\n"
+    for verb in ("down", "save", "strip"):
+        assert cli.main([verb, "/nonexistent/wgz.conf"]) == 1
+        assert capsys.readouterr().err == "wiresnake: `/nonexistent/wgz.conf' does not exist\n"
     names = [c.name for c in cli.SUBCOMMANDS]
-    assert "up" in names and "down" in names
+    assert {"up", "down", "save", "strip"} <= set(names)
+
+
+def test_strip_prints_the_wg_part(
+    tmp_path: Path, capfdbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    conf = tmp_path / "wgs0.conf"
+    conf.write_bytes(b"[Interface]\nAddress = 10.0.0.1/24\nPrivateKey = k\n\xff\0x\n")
+    conf.chmod(0o600)
+    assert cli.main(["strip", str(conf)]) == 0
+    # the bytes stay as they are (but NUL, which bash's `read` drops), plus echo's newline
+    assert capfdbinary.readouterr().out == b"[Interface]\nPrivateKey = k\n\xffx\n\n"
+    conf.write_text("[Interface]\nSaveConfig = yes\n")
+    assert cli.main(["strip", str(conf)]) == 1
+    assert capfdbinary.readouterr().err == b"wiresnake: `yes' is neither true nor false\n"
+    (tmp_path / "not-an-interface-name.conf").write_text("")
+    assert cli.main(["strip", str(tmp_path / "not-an-interface-name.conf")]) == 1
+    assert b"must be a valid interface name" in capfdbinary.readouterr().err
+
+
+def test_save_refuses_an_interface_that_is_not_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WG_SOCKET_DIR", str(tmp_path))  # no daemon there
+    conf = tmp_path / "wgs0.conf"
+    conf.write_text("[Interface]\nAddress = 10.0.0.1/24\n")
+    conf.chmod(0o600)
+    assert cli.main(["save", str(conf)]) == 1
+    assert capsys.readouterr().err == "wiresnake: `wgs0' is not a WireGuard interface\n"
+    assert conf.read_text() == "[Interface]\nAddress = 10.0.0.1/24\n"
 
 
 # ---------------------------------------------------------------------------------------
