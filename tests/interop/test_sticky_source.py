@@ -125,3 +125,14 @@ def test_when_the_sticky_address_goes_the_kernel_picks_another(
     # and b, having roamed, is answered from there too
     assert sticky.hb.ping(sticky.a.tunnel_v6, count=1, wait=3)
     assert sticky.b_sees() == endpoint(stays)
+
+
+def test_an_address_of_another_interface_answers_too(sticky: Sticky) -> None:
+    # netns.sh: the address written to is not on the interface the replies leave by
+    sticky.ha.run("ip", "addr", "add", "10.60.0.1/32", "dev", "lo")
+    sticky.hb.run("ip", "route", "add", "10.60.0.0/24", "via", "192.168.50.1")
+    sticky.point_b_at("10.60.0.1")
+    before = sticky.counts()
+    assert sticky.hb.ping(sticky.a.tunnel_v4, count=2, wait=3)
+    assert sticky.b_sees() == endpoint("10.60.0.1")
+    assert sticky.counts() == before  # none came from a's addresses on the link
