@@ -67,8 +67,7 @@ def sticky() -> Iterator[Sticky]:
         veth_a, _ = lab.link(
             ha, hb, "192.168.50.1", "192.168.50.2", v6=("fd00:aa::1", "fd00:aa::2")
         )
-        # deleting one address of a subnet must not take the others with it
-        ha.run("sysctl", "-q", f"net.ipv4.conf.{veth_a}.promote_secondaries=1")
+        # .3 is the secondary address, so deleting it leaves .1 in place
         ha.run("ip", "addr", "add", "192.168.50.3/24", "dev", veth_a)
         ha.run("ip", "addr", "add", "fd00:aa::3/64", "dev", veth_a, "nodad")
         a = WgIface(lab, ha, "wiresnake", "10.50.0.1", "fd50::1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lab import Host, Lab
+from test_uapi import get, session, set_req
 
 from wiresnake.crypto import PrivateKey, generate_private_key, public_key
 from wiresnake.protocol.cookie import CookieGenerator
@@ -145,3 +146,10 @@ def test_a_private_key_is_clamped_when_set() -> None:
     assert dev.private_key == bytes([0] * 31 + [0x40])
     dev.set_private_key(None)
     assert dev.private_key is None
+
+
+def test_an_unclamped_key_set_over_the_configuration_protocol_reads_back_clamped() -> None:
+    s, host = session()
+    assert s.feed(set_req("private_key=" + "ff" * 32)) == b"errno=0\n\n"
+    assert f"private_key=f8{'ff' * 30}7f\n" in get(s)
+    assert host.device.public_key == public_key(bytes([0xF8] + [0xFF] * 30 + [0x7F]))
