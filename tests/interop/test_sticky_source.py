@@ -135,3 +135,15 @@ def test_an_address_of_another_interface_answers_too(sticky: Sticky) -> None:
     assert sticky.hb.ping(sticky.a.tunnel_v4, count=2, wait=3)
     assert sticky.b_sees() == endpoint("10.60.0.1")
     assert sticky.counts() == before  # none came from a's addresses on the link
+
+
+def test_a_new_fwmark_forgets_the_learned_source(sticky: Sticky) -> None:
+    # as the kernel: marked packets may be routed elsewhere, so the kernel picks again
+    sticky.point_b_at("192.168.50.3")
+    assert sticky.hb.ping(sticky.a.tunnel_v4, count=1, wait=3)
+    assert sticky.b_sees() == endpoint("192.168.50.3")
+    sticky.ha.wg("set", sticky.a.name, "fwmark", "0x1234")
+    before = sticky.counts()
+    assert sticky.ha.ping(sticky.b.tunnel_v4, count=1, wait=3)
+    assert sticky.b_sees() == endpoint("192.168.50.1")
+    sticky.only_from("192.168.50.1", before)
