@@ -27,7 +27,7 @@ def connected(**kw_b: object) -> tuple[Lab, Host, Host]:
     return lab, a, b
 
 
-def swap_identity(lab: Lab, a: Host, b: Host, new_private: bytes) -> bytes:
+def swap_identity(a: Host, b: Host, new_private: bytes) -> bytes:
     """`a` takes a new key; `b` replaces its peer entry for `a`, as an admin would."""
     old_public = a.device.public_key
     assert old_public is not None
@@ -53,7 +53,7 @@ def test_a_new_key_drops_the_sessions_and_the_next_packet_handshakes_at_once() -
     old = pa.current
     assert old is not None
     lab.run(1.0)  # well inside REKEY_TIMEOUT of the first initiation
-    swap_identity(lab, a, b, generate_private_key())
+    swap_identity(a, b, generate_private_key())
     assert pa.current is None and pa.previous is None and pa.next is None
     assert old.local_index not in a.device._keypairs
     start = len(lab.wire)
@@ -65,7 +65,7 @@ def test_a_new_key_drops_the_sessions_and_the_next_packet_handshakes_at_once() -
     # and the way back works the same, the other side initiating this time
     lab.run(1.0)
     start = len(lab.wire)
-    swap_identity(lab, a, b, generate_private_key())
+    swap_identity(a, b, generate_private_key())
     lab.send(b, a, b"back")
     assert kinds(lab, start) == [INIT, RESP, DATA]
     assert a.received[-1].endswith(b"back")
@@ -86,7 +86,7 @@ def test_mac1_is_checked_against_the_new_public_key() -> None:
     lab.send(b, a)
     stale = lab.wire[-1][3]
     assert stale[0] == INIT
-    swap_identity(lab, a, b, generate_private_key())
+    swap_identity(a, b, generate_private_key())
     # an initiation stamped for the old key fails MAC1 and is not answered
     out = a.device.from_network([(b.endpoint, stale)], lab.now)
     assert not out.datagrams and a.device.counters["bad_mac1"] == 1
@@ -103,7 +103,7 @@ def test_cookie_replies_are_sealed_under_the_new_public_key() -> None:
     lab.connect(a, b)
     old_public = a.device.public_key
     assert old_public is not None
-    new_public = swap_identity(lab, a, b, generate_private_key())
+    new_public = swap_identity(a, b, generate_private_key())
     lab.filter = lambda s, d, data: False
     lab.send(b, a)
     init = lab.wire[-1][3]
