@@ -31,6 +31,7 @@ __all__ = [
     "PrivateKey",
     "aead_decrypt",
     "aead_encrypt",
+    "clamp_private_key",
     "dh",
     "generate_private_key",
     "hash",
@@ -186,12 +187,20 @@ def dh(private: PrivateKey, peer_public: bytes) -> bytes:
     return private.exchange(peer_public)
 
 
-def generate_private_key() -> bytes:
-    """32 random bytes clamped as Curve25519 scalars are, as `wg genkey` prints them."""
-    k = bytearray(os.urandom(KEY_LEN))
+def clamp_private_key(raw: bytes) -> bytes:
+    """The key as X25519 uses it (RFC 7748): low three bits and the top bit cleared, the
+    next bit set. The kernel and wireguard-go store keys clamped, so they read back so."""
+    if len(raw) != KEY_LEN:
+        raise KeyFormatError("private key must be 32 bytes")
+    k = bytearray(raw)
     k[0] &= 248
     k[31] = (k[31] & 127) | 64
     return bytes(k)
+
+
+def generate_private_key() -> bytes:
+    """32 random bytes clamped as Curve25519 scalars are, as `wg genkey` prints them."""
+    return clamp_private_key(os.urandom(KEY_LEN))
 
 
 def public_key(private: bytes) -> bytes:

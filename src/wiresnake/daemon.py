@@ -113,6 +113,9 @@ class Daemon:
     def set_fwmark(self, mark: int) -> None:
         self.udp.set_fwmark(mark)
         self.device.fwmark = mark
+        # marked packets may route elsewhere: sources learned so far may no longer fit
+        for peer in self.device.peers:
+            self.udp.forget_source(peer.endpoint)
 
     # ---------------------------------------------------------------- loop
 

@@ -10,19 +10,58 @@ import sys
 
 from wiresnake.protocol.peer import Endpoint
 
-__all__ = ["UdpSockets"]
+__all__ = ["StickyEndpoint", "UdpSockets"]
 
 _SO_MARK = 36
 _SOL_UDP = 17
 _UDP_SEGMENT = 103  # not in the socket module: send many equal datagrams in one sendmsg
 _UDP_GRO = 104  # receive a sender's datagrams glued together, with their size
-_CMSG_SPACE = socket.CMSG_SPACE(4)
+_IP_PKTINFO = 8  # not in the socket module before Python 3.13
+_IPV6_PKTINFO = socket.IPV6_PKTINFO
+# room for a UDP_GRO size and an in_pktinfo (12 bytes) or in6_pktinfo (20 bytes)
+_CMSG_SPACE = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(20)
+# sendmsg's answers when a source address is no longer ours: EINVAL (IPv6), ENETUNREACH
+# (IPv4: no route from that source), EADDRNOTAVAIL
+_SOURCE_GONE = (errno.EINVAL, errno.ENETUNREACH, errno.EADDRNOTAVAIL)
 _UDP_MAX_SEGMENTS = 64
 _GSO_MAX_BYTES = 65000
 
 
 def _gro_wanted() -> bool:
     return os.environ.get("WIRESNAKE_OFFLOAD", "1") != "0"
+
+
+class StickyEndpoint(tuple[str, int]):
+    """A peer's (host, port), as the engine sees it, carrying the local address that
+    peer's datagram arrived at, so that replies leave from that address (sticky source,
+    like the kernel's endpoint src4/src6): a peer writing to one of several addresses
+    hears back from it. The engine keeps the endpoint of the latest authenticated packet,
+    so the local address follows it; one set by configuration is a plain tuple, and the
+    kernel picks the source. `local` is the packed address, b"" once it is cleared."""
+
+    local: bytes
+
+    def pktinfo(self) -> tuple[int, int, bytes]:
+        """The control message that sends from `local` (interface left to routing)."""
+        if len(self.local) == 4:
+            return (socket.IPPROTO_IP, _IP_PKTINFO, bytes(4) + self.local + bytes(4))
+        return (socket.IPPROTO_IPV6, _IPV6_PKTINFO, self.local + bytes(4))
+
+
+def _sticky(endpoint: Endpoint) -> StickyEndpoint | None:
+    if type(endpoint) is StickyEndpoint and endpoint.local:
+        return endpoint
+    return None
+
+
+def _local(endpoint: Endpoint) -> bytes:
+    return endpoint.local if type(endpoint) is StickyEndpoint else b""
+
+
+def _with_local(endpoint: Endpoint, local: bytes) -> StickyEndpoint:
+    sticky = StickyEndpoint(endpoint)
+    sticky.local = local
+    return sticky
 
 
 class UdpSockets:
@@ -38,6 +77,8 @@ class UdpSockets:
         self.fwmark = fwmark
         self.host = host
         self.send_errors = 0
+        # sticky source addresses dropped because sending from them failed
+        self.unstuck = 0
         # UDP_SEGMENT until the kernel refuses it once; then one sendto per datagram
         self.gso = True
         self.bind(port)
@@ -57,6 +98,13 @@ class UdpSockets:
             if _gro_wanted():
                 with contextlib.suppress(OSError):  # older kernels: one datagram per read
                     s.setsockopt(_SOL_UDP, _UDP_GRO, 1)
+            if self.host is None:
+                # bound to every address: learn which one each datagram was sent to
+                with contextlib.suppress(OSError):
+                    if family == socket.AF_INET6:
+                        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+                    else:
+                        s.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
             wildcard = "::" if family == socket.AF_INET6 else "0.0.0.0"
             s.bind((self.host or wildcard, port))
             s.setblocking(False)
@@ -99,9 +147,18 @@ class UdpSockets:
         self.fwmark = mark
 
     @staticmethod
+    def forget_source(endpoint: Endpoint | None) -> None:
+        """Let the kernel pick the source for `endpoint` again (routing may have changed,
+        with a new fwmark, say), as the kernel's wg_socket_clear_peer_endpoint_src."""
+        if endpoint is not None and type(endpoint) is StickyEndpoint:
+            endpoint.local = b""
+
+    @staticmethod
     def recv_batch(sock: socket.socket, limit: int = 64) -> list[tuple[Endpoint, bytes]]:
         """Up to `limit` reads without blocking. With UDP_GRO on, one read may return many
-        datagrams of one sender glued together, with their size in a control message."""
+        datagrams of one sender glued together, with their size in a control message.
+        With packet info on, each source is a `StickyEndpoint` naming the address the
+        datagram was sent to."""
         out: list[tuple[Endpoint, bytes]] = []
         recv = sock.recvmsg
         v6 = sock.family == socket.AF_INET6
@@ -111,11 +168,15 @@ class UdpSockets:
                 host: str = addr[0]
                 if v6 and host.startswith("::ffff:") and "." in host:
                     host = host[7:]
-                endpoint = (host, addr[1])
+                endpoint: Endpoint = (host, addr[1])
                 size = 0
                 for level, kind, value in ancdata:
                     if level == _SOL_UDP and kind == _UDP_GRO:
                         size = int.from_bytes(value[:4], sys.byteorder)
+                    elif kind == _IPV6_PKTINFO and level == socket.IPPROTO_IPV6:
+                        endpoint = _with_local(endpoint, value[:16])
+                    elif kind == _IP_PKTINFO and level == socket.IPPROTO_IP:
+                        endpoint = _with_local(endpoint, value[8:12])  # the header's dst
                 if size and len(data) > size:
                     out.extend((endpoint, data[k : k + size]) for k in range(0, len(data), size))
                 else:
@@ -142,7 +203,9 @@ class UdpSockets:
                 limit = min(count, i + _UDP_MAX_SEGMENTS, i + _GSO_MAX_BYTES // max(size, 1))
                 while j < limit:
                     ep, data = datagrams[j]
-                    if ep != endpoint or len(data) > size:
+                    if ep is not endpoint and (ep != endpoint or _local(ep) != _local(endpoint)):
+                        break  # another peer, or the same one from another local address
+                    if len(data) > size:
                         break
                     j += 1
                     if len(data) < size:
@@ -165,11 +228,25 @@ class UdpSockets:
             self.send_errors += 1
             failed.append((endpoint, data))
             return
+        sticky = _sticky(endpoint)
         try:
-            sock.sendto(data, endpoint)
-        except OSError:
+            if sticky is None:
+                sock.sendto(data, endpoint)
+            else:
+                sock.sendmsg([data], [sticky.pktinfo()], 0, endpoint)
+        except OSError as e:
+            if sticky is not None and e.errno in _SOURCE_GONE:
+                self._unstick(sticky)
+                self._send_one(endpoint, data, failed)
+                return
             self.send_errors += 1
             failed.append((endpoint, data))
+
+    def _unstick(self, endpoint: StickyEndpoint) -> None:
+        """The address a peer wrote to is gone (or never could be a source): the kernel
+        picks the source from now on, for this endpoint wherever the engine holds it."""
+        endpoint.local = b""
+        self.unstuck += 1
 
     def _send_run(
         self,
@@ -183,15 +260,19 @@ class UdpSockets:
             self.send_errors += len(run)
             failed.extend((endpoint, d) for d in run)
             return
+        cmsgs = [(_SOL_UDP, _UDP_SEGMENT, size.to_bytes(2, sys.byteorder))]
+        sticky = _sticky(endpoint)
+        if sticky is not None:
+            cmsgs.append(sticky.pktinfo())
         try:
-            sock.sendmsg(
-                [b"".join(run)],
-                [(_SOL_UDP, _UDP_SEGMENT, size.to_bytes(2, sys.byteorder))],
-                0,
-                endpoint,
-            )
+            sock.sendmsg([b"".join(run)], cmsgs, 0, endpoint)
             return
         except OSError as e:
+            if sticky is not None and e.errno in _SOURCE_GONE:
+                # the source first: an EINVAL here says nothing yet about segmentation
+                self._unstick(sticky)
+                self._send_run(endpoint, run, size, failed)
+                return
             if e.errno not in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT):
                 self.send_errors += len(run)
                 failed.extend((endpoint, d) for d in run)

@@ -32,6 +32,7 @@ from wiresnake.crypto import (
     CryptoError,
     InvalidTag,
     PrivateKey,
+    clamp_private_key,
     hash,
     tai64n,
 )
@@ -172,7 +173,10 @@ class Device:
 
     def set_private_key(self, private_key: bytes | None) -> None:
         """Change identity: every session is invalid after this, so all are dropped, and a
-        peer whose key is our new public key is removed, as the reference does."""
+        peer whose key is our new public key is removed, as the reference does. The key is
+        clamped first (and reads back clamped); the same key again changes nothing."""
+        if private_key is not None:
+            private_key = clamp_private_key(private_key)
         current = self._static.raw() if self._static is not None else None
         if private_key == current:
             return
@@ -181,12 +185,19 @@ class Device:
             self._checker = None
             self._own_hash = b""
         else:
+            # MAC1 and cookie keys are derived from our public key, the cookie secret
+            # starts afresh
             self._checker = CookieChecker(self._static.public, self._rng)
             self._own_hash = hash(noise.INITIAL_HASH, self._static.public)
             self.remove_peer(self._static.public)
         for peer in self._peers.values():
             self._clear_sessions(peer)
             self._precompute(peer)
+            # the next packet handshakes at once: a handshake sent under the old key
+            # must not hold the new one back for REKEY_TIMEOUT
+            peer.last_sent_handshake = float("-inf")
+            peer.handshake_attempts = 0
+            peer.retransmit_at = None
 
     def _precompute(self, peer: Peer) -> None:
         hs = peer.handshake
