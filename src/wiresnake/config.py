@@ -14,8 +14,10 @@ spaces kept, so hook commands survive) and kept in `WgQuickSettings` for `up`/`d
 `wg-quick strip`.
 
 Values are checked while parsing; host names in endpoints are kept as written and resolved
-separately (`resolve_endpoint`), once, just before a configuration is applied. Every error is
-a `ConfigError` whose text is `FILE:LINE: Key: what is wrong`.
+separately (`resolve_endpoint`, or `resolve_endpoint_async` on an asyncio loop), once, just
+before a configuration is applied (`wiresnake.reresolve` looks them up again later). Every
+error is a `ConfigError` whose text is `FILE:LINE: Key: what is wrong`; what is allowed but
+rarely meant (a peer given twice, a file that sets nothing) is a warning.
 """
 
 from __future__ import annotations

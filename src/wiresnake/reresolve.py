@@ -227,7 +227,12 @@ class DaemonReresolve:
         path = daemon_file(env, iface)
         if path is None:
             return None
-        return cls(FileNames(path, log_error), Reresolver(stale_after_from_env(env)), log)
+        reresolver = Reresolver(stale_after_from_env(env))
+        log(
+            f"Endpoint names from {path} are looked up again after "
+            f"{reresolver.stale_after:g} s without a handshake"
+        )
+        return cls(FileNames(path, log_error), reresolver, log)
 
     def _work(self, key: bytes, spec: EndpointSpec) -> None:
         try:

@@ -171,12 +171,16 @@ def test_the_daemon_looks_up_off_its_loop_and_applies_the_answer_later(tmp_path:
 
 
 def test_the_daemon_is_off_unless_asked() -> None:
-    assert DaemonReresolve.from_env({}, "wg0", print, print) is None
-    rr = DaemonReresolve.from_env(
-        {"WIRESNAKE_RERESOLVE": "1", "WIRESNAKE_RERESOLVE_STALE": "4"}, "wg0", print, print
-    )
+    said: list[str] = []
+    assert DaemonReresolve.from_env({}, "wg0", said.append, said.append) is None
+    env = {"WIRESNAKE_RERESOLVE": "1", "WIRESNAKE_RERESOLVE_STALE": "4"}
+    rr = DaemonReresolve.from_env(env, "wg0", said.append, said.append)
     assert rr is not None and rr.file.path == "/etc/wireguard/wg0.conf"
     assert rr.reresolver.stale_after == 4 and rr.reresolver.recheck == 4
+    assert said == [
+        "Endpoint names from /etc/wireguard/wg0.conf are looked up again after 4 s without "
+        "a handshake"
+    ]
 
 
 # ---------------------------------------------------------------------------------------

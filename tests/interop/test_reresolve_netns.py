@@ -148,10 +148,20 @@ def interrupt_while_retrying(host: Host, args: list[str], log: Path) -> tuple[in
     return rc, log.read_text(), time.monotonic() - sent
 
 
-def test_ctrl_c_while_wiresnake_set_retries_a_name(dead_dns: Host, tmp_path: Path) -> None:
+@pytest.mark.parametrize("verb", ["set", "setconf", "up"])
+def test_ctrl_c_while_the_command_line_retries_a_name(
+    dead_dns: Host, tmp_path: Path, verb: str
+) -> None:
     _, public = genkey()
-    args = [*wiresnake_cmd(), "set", "nowg0", "peer", public, "endpoint", f"{NAME}:51820"]
-    rc, err, took = interrupt_while_retrying(dead_dns, args, tmp_path / "set.log")
+    conf = tmp_path / "nowg0.conf"
+    conf.write_text(f"[Peer]\nPublicKey = {public}\nEndpoint = {NAME}:51820\n")
+    conf.chmod(0o600)
+    args = {
+        "set": ["set", "nowg0", "peer", public, "endpoint", f"{NAME}:51820"],
+        "setconf": ["setconf", "nowg0", str(conf)],
+        "up": ["up", str(conf)],
+    }[verb]
+    rc, err, took = interrupt_while_retrying(dead_dns, [*wiresnake_cmd(), *args], tmp_path / "log")
     assert rc == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert err.splitlines()[-1] == "wiresnake: interrupted", err
