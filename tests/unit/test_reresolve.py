@@ -258,3 +258,29 @@ def test_proxy_endpoint_names_resolve_on_the_loop_and_failures_name_the_line(
     assert found == {NAME: ("192.0.2.7", 51820)}
     with pytest.raises(ProxyConfigError, match=r"^p\.conf:7: Endpoint: Name or service not known"):
         asyncio.run(parse_proxy_config(config("gone.test"), "p.conf").lookup_endpoints())
+
+
+def test_a_proxy_tunnel_follows_a_name_to_its_new_address() -> None:
+    from test_proxy_tunnel import _pair
+
+    async def scenario() -> None:
+        a, b = await _pair()
+        async with a, b:
+            (peer,) = a.device.peers
+            right = ("127.0.0.1", b.listen_port)
+            a.device.set_endpoint(peer, ("127.0.0.1", 9))  # where the name used to point
+            asked: list[EndpointSpec] = []
+
+            def lookup(spec: EndpointSpec) -> tuple[str, int]:
+                asked.append(spec)
+                return right
+
+            a.reresolve({peer.public_key: NAME}, stale_after=0.2, lookup=lookup)
+            end = time.monotonic() + 5
+            while peer.endpoint != right:
+                assert time.monotonic() < end, "not re-resolved"
+                await asyncio.sleep(0.05)
+            assert asked and asked[0] == NAME
+            assert await a.ping("10.60.0.2", timeout=10) > 0
+
+    asyncio.run(scenario())

@@ -140,7 +140,7 @@ class Tunnel:
                     answer = await resolve_endpoint_async(spec, retries=0, log=log.debug)
                 else:
                     answer = await resolve_endpoint_async(spec, retries=0, lookup=lookup)
-            except ValueError as e:
+            except Exception as e:  # ValueError from ours; anything from a caller's `lookup`
                 answer = e
             line = reresolver.answered(self.device, key, spec, answer, time.monotonic())
             if line is not None:
