@@ -125,9 +125,10 @@ class Tunnel:
         Look-ups never block the loop; `close()` ends it."""
         if self._reresolving is not None:
             self._reresolving.cancel()
+            self._reresolving = None
         reresolver = Reresolver(stale_after)
         reresolver.set_names(names)
-        if names:
+        if names and self._udp is not None:  # not once closed
             self._reresolving = self._loop.create_task(self._keep_resolving(reresolver, lookup))
 
     async def _keep_resolving(
