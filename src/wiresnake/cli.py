@@ -333,11 +333,14 @@ SET_USAGE_TAIL: Final = (
 )
 
 
-def _send(iface: str, lines: list[str]) -> int:
+def _send(iface: str, lines: list[str], file: config.Config | None = None) -> int:
     try:
         wgctl.set(iface, lines)
     except wgctl.WgctlError as e:
         _err(f"Unable to modify interface: {e.strerror}\n")
+        in_use = file.port_in_use() if file is not None and e.errno == errno.EADDRINUSE else None
+        if in_use:
+            _err(in_use + "\n")
         return 1
     return 0
 
@@ -373,7 +376,8 @@ def cmd_setconf(argv: Sequence[str]) -> int:
         _err(f"{e}\n")
         return 1
     if name == "addconf":
-        return _send(iface, wgctl.set_lines(cfg))
+        return _send(iface, wgctl.set_lines(cfg), cfg)
+    file_cfg = cfg
     replace_peers = True
     if name == "syncconf" and cfg.peers:
         try:
@@ -382,7 +386,8 @@ def cmd_setconf(argv: Sequence[str]) -> int:
             _err(f"Unable to retrieve current interface configuration: {e.strerror}\n")
             return 1
         cfg, replace_peers = wgctl.sync_change(cfg, runtime)
-    return _send(iface, wgctl.set_lines(cfg, whole_device=True, replace_peers=replace_peers))
+    lines = wgctl.set_lines(cfg, whole_device=True, replace_peers=replace_peers)
+    return _send(iface, lines, file_cfg)
 
 
 # ---------------------------------------------------------------------------------------
@@ -650,7 +655,11 @@ def main(argv: list[str] | None = None) -> int:
 
     command = _BY_NAME.get(args[0])
     if command is not None:
-        return command.run(args)
+        try:
+            return command.run(args)
+        except KeyboardInterrupt:  # Ctrl-C, say while Endpoint names are retried
+            _err(f"{PROG}: interrupted\n")
+            return 130
 
     # `wiresnake [-f] IFACE`: a word that is no subcommand but a valid interface name
     # starts the userspace daemon, under wireguard-go's contract.

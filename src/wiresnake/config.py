@@ -14,24 +14,31 @@ spaces kept, so hook commands survive) and kept in `WgQuickSettings` for `up`/`d
 `wg-quick strip`.
 
 Values are checked while parsing; host names in endpoints are kept as written and resolved
-separately (`resolve_endpoint`), once, just before a configuration is applied. Every error is
-a `ConfigError` whose text is `FILE:LINE: Key: what is wrong`.
+separately (`resolve_endpoint`, or `resolve_endpoint_async` on an asyncio loop), once, just
+before a configuration is applied (`wiresnake.reresolve` looks them up again later). Every
+error is a `ConfigError` whose text is `FILE:LINE: Key: what is wrong`; what is allowed but
+rarely meant (a peer given twice, a file that sets nothing) is a warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_interface
-from typing import Final, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar
 
 from wiresnake.crypto import KEY_LEN, KeyFormatError, key_from_base64, key_to_base64
 from wiresnake.protocol.settings import DeviceConfig, Network, PeerConfig
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "WG_QUICK_KEYS",
@@ -44,6 +51,7 @@ __all__ = [
     "WgQuickSettings",
     "format_allowed_ip",
     "format_config",
+    "in_daemon_thread",
     "parse_allowed_ips",
     "parse_config",
     "parse_endpoint_spec",
@@ -56,6 +64,7 @@ __all__ = [
     "read_key_file",
     "resolve_config",
     "resolve_endpoint",
+    "resolve_endpoint_async",
     "strip_wg_quick",
 ]
 
@@ -198,6 +207,14 @@ class Config:
 
     def error(self, peer: int, key: str, message: str) -> ConfigError:
         return ConfigError(message, self.path, self.where(peer, key), key)
+
+    def port_in_use(self) -> str | None:
+        """What to say when the daemon could not bind our ListenPort (EADDRINUSE): the port
+        and the line that asked for it; None when this file asked for no port."""
+        port = self.interface.listen_port
+        if not port or self.where(-1, "ListenPort") is None:
+            return None
+        return str(self.error(-1, "ListenPort", f"UDP port {port} is already in use"))
 
     def strip(self) -> Config:
         """The same configuration without its wg-quick settings (`wg-quick strip`)."""
@@ -655,9 +672,20 @@ def parse_config(text: str, path: str = "<string>", *, wg_quick: bool = False) -
                 raise
             raise fail(n, str(e), key) from None
 
-    for p in peers:
+    first_line: dict[bytes, int] = {}
+    for i, p in enumerate(peers):
         if p.public_key is None:
             raise ConfigError("[Peer] section has no PublicKey", path, p.line)
+        first = first_line.setdefault(p.public_key, p.line)
+        if first != p.line:  # allowed (the later section updates the peer), but rarely meant
+            warnings.append(
+                f"{path}:{where.get((i, 'PublicKey'), p.line)}: Warning: PublicKey: a second "
+                f"[Peer] with this key (the first is on line {first}) updates that peer"
+            )
+    if all(key == "" for _, key in where):  # only comments, blanks, an empty [Interface]
+        header = where.get((-1, ""))
+        at = f"{path}:{header}" if header else path
+        warnings.append(f"{at}: Warning: an empty configuration: no key is set in any section")
     return Config(
         interface=iface.build(),
         peers=tuple(p.build() for p in peers),
@@ -792,6 +820,46 @@ def _stderr(text: str) -> None:
         sys.stderr.flush()
 
 
+class _Retries:
+    """wg's schedule for transient look-up failures: a pause of 1 s, growing by 1.2 to at
+    most 20 s, `retries` times (default WG_ENDPOINT_RESOLUTION_RETRIES or 15; -1 forever)."""
+
+    def __init__(self, text: str, retries: int | None) -> None:
+        self.text = text
+        self.left = _resolution_retries() if retries is None else retries
+        self.pause = 1_000_000  # microseconds, as wg counts them
+
+    def after(self, e: socket.gaierror, log: Callable[[str], None]) -> float:
+        """Seconds to wait before the next try; ValueError (wg's message) when none is left."""
+        reason = e.strerror or str(e)
+        if e.errno in _PERMANENT or self.left == 0:
+            raise ValueError(f"{reason}: `{self.text}'") from None
+        if self.left > 0:
+            self.left -= 1
+        pause = self.pause / 1_000_000
+        log(f"{reason}: `{self.text}'. Trying again in {pause:.2f} seconds...")
+        self.pause = min(20_000_000, self.pause * 6 // 5)
+        return pause
+
+
+def _lookup(spec: EndpointSpec) -> tuple[str, int]:
+    """One getaddrinfo: the first answer of either family. gaierror is for the caller to
+    retry; ValueError is final."""
+    try:
+        answers = socket.getaddrinfo(
+            spec.host, spec.port, socket.AF_UNSPEC, socket.SOCK_DGRAM, socket.IPPROTO_UDP
+        )
+    except UnicodeError:
+        raise ValueError(f"Name or service not known: `{spec}'") from None
+    for family, _type, _proto, _name, sockaddr in answers:
+        if family in (socket.AF_INET, socket.AF_INET6):
+            host, port = socket.getnameinfo(
+                sockaddr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV | socket.NI_DGRAM
+            )
+            return host, int(port)
+    raise ValueError(f"Neither IPv4 nor IPv6 address found: `{spec}'")
+
+
 def resolve_endpoint(
     host_port: str | EndpointSpec,
     *,
@@ -800,38 +868,68 @@ def resolve_endpoint(
     log: Callable[[str], None] = _stderr,
 ) -> tuple[str, int]:
     """Resolve `host:port` (or an EndpointSpec) to (ip, port) with getaddrinfo, as wg does:
-    the first answer of either family; transient failures are retried with a growing pause
-    (1 s, x1.2, at most 20 s) `retries` times (default WG_ENDPOINT_RESOLUTION_RETRIES or 15;
-    -1 is forever), each announced through `log`. ValueError carries wg's message.
+    the first answer of either family; transient failures are retried as `_Retries` says,
+    each announced through `log`. ValueError carries wg's message.
     """
     spec = host_port if isinstance(host_port, EndpointSpec) else parse_endpoint_spec(host_port)
-    text = host_port if isinstance(host_port, str) else str(host_port)
-    left = _resolution_retries() if retries is None else retries
-    pause = 1_000_000
+    schedule = _Retries(str(spec) if isinstance(host_port, EndpointSpec) else host_port, retries)
     while True:
         try:
-            answers = socket.getaddrinfo(
-                spec.host, spec.port, socket.AF_UNSPEC, socket.SOCK_DGRAM, socket.IPPROTO_UDP
-            )
-            break
+            return _lookup(spec)
         except socket.gaierror as e:
-            reason = e.strerror or str(e)
-            if e.errno in _PERMANENT or left == 0:
-                raise ValueError(f"{reason}: `{text}'") from None
-            if left > 0:
-                left -= 1
-            log(f"{reason}: `{text}'. Trying again in {pause / 1_000_000:.2f} seconds...")
-            sleep(pause / 1_000_000)
-            pause = min(20_000_000, pause * 6 // 5)
-        except UnicodeError:
-            raise ValueError(f"Name or service not known: `{text}'") from None
-    for family, _type, _proto, _name, sockaddr in answers:
-        if family in (socket.AF_INET, socket.AF_INET6):
-            host, port = socket.getnameinfo(
-                sockaddr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV | socket.NI_DGRAM
-            )
-            return host, int(port)
-    raise ValueError(f"Neither IPv4 nor IPv6 address found: `{text}'")
+            sleep(schedule.after(e, log))
+
+
+async def resolve_endpoint_async(
+    spec: EndpointSpec,
+    *,
+    retries: int | None = None,
+    log: Callable[[str], None] = _stderr,
+    lookup: Callable[[EndpointSpec], tuple[str, int]] = _lookup,
+) -> tuple[str, int]:
+    """`resolve_endpoint` for an asyncio loop, which it never blocks: each `lookup` runs in
+    its own daemon thread and the pauses are `asyncio.sleep`, so cancelling (Ctrl-C) ends it
+    at once. Not `loop.getaddrinfo`: `asyncio.run` joins the default executor's threads on
+    the way out, so a look-up stuck on a dead DNS server would hold up the exit."""
+    import asyncio  # here: the command line should not pay for it
+
+    schedule = _Retries(str(spec), retries)
+    while True:
+        try:
+            return await in_daemon_thread(lookup, spec)
+        except socket.gaierror as e:
+            await asyncio.sleep(schedule.after(e, log))
+
+
+_T = TypeVar("_T")
+_A = TypeVar("_A")
+
+
+async def in_daemon_thread(fn: Callable[[_A], _T], arg: _A) -> _T:
+    """`fn(arg)` in a new daemon thread, awaited without blocking the loop; a thread left
+    behind by a cancelled await finishes on its own and keeps nothing from exiting."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def settle(result: _T | None, error: BaseException | None) -> None:
+        if not future.done():
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            outcome: tuple[_T | None, BaseException | None] = (fn(arg), None)
+        except Exception as e:
+            outcome = (None, e)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=work, name="getaddrinfo", daemon=True).start()
+    return await future
 
 
 def resolve_config(

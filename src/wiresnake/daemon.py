@@ -25,6 +25,7 @@ from wiresnake.io.tun import Tun, TunGone, offload_mode
 from wiresnake.io.uapisock import SocketInUse, open_listener, socket_path
 from wiresnake.io.udp import UdpSockets
 from wiresnake.protocol.device import Device, Output
+from wiresnake.reresolve import DaemonReresolve, stale_after_from_env
 from wiresnake.uapi import UapiSession
 
 __all__ = ["Daemon", "Logger", "main"]
@@ -73,6 +74,7 @@ class Daemon:
         sock_path: str,
         log: Logger,
         busy_poll: float = DEFAULT_WINDOW_US / 1e6,
+        reresolve: DaemonReresolve | None = None,
     ) -> None:
         self.tun = tun
         self.listener = listener
@@ -87,6 +89,7 @@ class Daemon:
         self.epoll = select.epoll()
         self.handlers: dict[int, Callable[[], None]] = {}
         self.busy = BusyPoll(busy_poll)
+        self.reresolve = reresolve
         self.stopping = False
         self.exit_reason = ""
         self._sock_inode = os.stat(sock_path).st_ino if os.path.exists(sock_path) else None
@@ -215,6 +218,8 @@ class Daemon:
             inode = None
         if inode != self._sock_inode:
             self.stop("configuration socket removed")
+        if self.reresolve is not None:  # WIRESNAKE_RERESOLVE: look-ups run off the loop
+            self.reresolve.tick(self.device, time.monotonic())
 
     def run(self) -> int:
         self._watch(self.tun.fd, self._on_tun)
@@ -338,6 +343,7 @@ def main(argv: list[str], *, announce: bool = False) -> int:
     try:
         busy_poll = window_from_env(os.environ)
         offload_mode()
+        stale_after_from_env(os.environ)  # WIRESNAKE_RERESOLVE_STALE, checked before any work
     except ValueError as e:
         log.error(str(e))
         return 1
@@ -396,7 +402,8 @@ def main(argv: list[str], *, announce: bool = False) -> int:
             return 1
         return 0
     try:
-        daemon = Daemon(tun, listener, socket_path(name), log, busy_poll)
+        reresolve = DaemonReresolve.from_env(os.environ, name, log.verbose, log.error)
+        daemon = Daemon(tun, listener, socket_path(name), log, busy_poll, reresolve)
     except OSError as e:
         log.error(f"Failed to start: {e}")
         return 1

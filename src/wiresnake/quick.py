@@ -30,6 +30,7 @@ by the other.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -186,6 +187,7 @@ class SetDevice:
     lines: tuple[str, ...]
     shown: str
     undo: tuple[Run, ...] = ()
+    in_use: str | None = None  # said when the listen port is taken: port and file line
 
     @property
     def display(self) -> str:
@@ -598,6 +600,7 @@ def plan_up(qf: QuickFile, facts: UpFacts) -> list[Step]:
             iface,
             tuple(wgctl.set_lines(cfg.strip(), whole_device=True, replace_peers=True)),
             f"{PROG} setconf {iface} {qf.named} (without its wg-quick keys)",
+            in_use=cfg.port_in_use(),
         )
     )
     for a in q.addresses:
@@ -977,6 +980,8 @@ def execute(step: Step) -> None:
             wgctl.set(step.iface, step.lines, timeout=30)
         except wgctl.WgctlError as e:
             _err(f"Unable to modify interface: {e.strerror}\n")
+            if e.errno == errno.EADDRINUSE and step.in_use:
+                _err(step.in_use + "\n")
             raise StepFailed(step.display) from None
     elif isinstance(step, WriteSysctl):
         try:

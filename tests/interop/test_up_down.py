@@ -14,6 +14,7 @@ import os
 import re
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -511,4 +512,29 @@ def test_sigterm_during_up_undoes_everything(env: Up) -> None:
     for pid, start in daemons:
         assert wait_pid_gone(pid, start, 10), "the daemon outlived the rollback"
     assert not (SOCKET_DIR / f"{env.name}.sock").exists()
+    assert snapshot(env.ha) == before
+
+
+def test_a_listen_port_in_use_is_named_with_its_line(env: Up) -> None:
+    holder = env.ha.popen(
+        sys.executable, "-c",
+        "import socket, time\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "s.bind(('0.0.0.0', 51820))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(120)\n",
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline().strip() == b"ready"
+    env.write("10.80.0.2/32")  # ListenPort = 51820 is its line 4
+    before = snapshot(env.ha)
+    res = env.ws("up")
+    assert res.returncode == 1, res.stderr
+    log = env.log(res.stderr)
+    failed = log.index("Unable to modify interface: Address already in use")
+    conf = str(env.conf).replace(env.name, "IFACE")
+    assert log[failed + 1] == f"{conf}:4: ListenPort: UDP port 51820 is already in use"
+    deadline = time.monotonic() + 10
+    while (SOCKET_DIR / f"{env.name}.sock").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert snapshot(env.ha) == before

@@ -425,3 +425,21 @@ def test_warning_same_as_wg(tmp_path: Path, cmd: str, mode: int) -> None:
         decode_line(path.read_text())
         results.append((r.returncode, r.stderr))
     assert results[0] == results[1]
+
+
+def test_ctrl_c_is_one_line_and_status_130(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wiresnake import config
+
+    def interrupted(*args: object, **kw: object) -> tuple[str, int]:
+        raise KeyboardInterrupt  # as Ctrl-C during a retry's pause
+
+    monkeypatch.setattr(config, "resolve_endpoint", interrupted)
+    argv = ["set", "wg0", "peer", ALICE_PUB, "endpoint", "vpn.example:51820"]
+    try:
+        rc = cli.main(argv)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped, to end as a traceback")
+    assert rc == 130
+    assert capsys.readouterr() == ("", "wiresnake: interrupted\n")

@@ -149,6 +149,35 @@ def test_an_empty_file_is_an_empty_configuration() -> None:
     assert parse_config("\n\n# nothing\n[Interface]\n") == Config()
 
 
+def test_an_empty_configuration_is_warned_about_with_its_file() -> None:
+    assert parse_config("", "wg0.conf").warnings == (
+        "wg0.conf: Warning: an empty configuration: no key is set in any section",
+    )
+    assert parse_config("# nothing\n\n[Interface]\n", "wg0.conf").warnings == (
+        "wg0.conf:3: Warning: an empty configuration: no key is set in any section",
+    )
+    assert parse_config("[Interface]\nListenPort = 1\n").warnings == ()
+    assert parse_config(f"[Peer]\nPublicKey = {b64(PUB1)}\n").warnings == ()
+
+
+def test_the_same_peer_twice_is_warned_about_with_both_lines() -> None:
+    text = (
+        f"[Peer]\nPublicKey = {b64(PUB1)}\n[Peer]\nPublicKey = {b64(PUB2)}\n"
+        f"[Peer]\n# again\nPublicKey = {b64(PUB1)}\n"
+    )
+    assert parse_config(text, "wg0.conf").warnings == (
+        "wg0.conf:7: Warning: PublicKey: a second [Peer] with this key (the first is on "
+        "line 1) updates that peer",
+    )
+
+
+def test_a_listen_port_in_use_is_named_with_its_line() -> None:
+    c = parse_config("[Interface]\n# port\nListenPort = 51820\n", "wg0.conf")
+    assert c.port_in_use() == "wg0.conf:3: ListenPort: UDP port 51820 is already in use"
+    assert parse_config("[Interface]\nListenPort = 0\n").port_in_use() is None
+    assert parse_config("[Interface]\n").port_in_use() is None
+
+
 def test_the_same_peer_twice_is_kept_as_written_and_merged_for_the_engine() -> None:
     text = (
         f"[Peer]\nPublicKey = {b64(PUB1)}\nAllowedIPs = 10.0.0.1\nPersistentKeepalive = 9\n"

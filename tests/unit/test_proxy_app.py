@@ -195,3 +195,28 @@ BindAddress = 127.0.0.1:{port}
         blocker.close()
 
     asyncio.run(scenario())
+
+
+def test_a_listen_port_in_use_names_the_port_and_its_line() -> None:
+    import socket
+
+    async def scenario() -> None:
+        blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        blocker.bind(("0.0.0.0", 0))
+        port = blocker.getsockname()[1]
+        text = (
+            f"[Interface]\nAddress = 10.61.0.2/32\nPrivateKey = {_b64(generate_private_key())}\n"
+            f"# the port\nListenPort = {port}\n"
+            f"[Peer]\nPublicKey = {_b64(public_key(generate_private_key()))}\n"
+            "Endpoint = 127.0.0.1:9\n"
+        )
+        app = ProxyApp(parse_proxy_config(text, "p.conf"))
+        try:
+            with pytest.raises(
+                StartError, match=rf"^p\.conf:5: cannot open UDP port {port}: Address already"
+            ):
+                await app.start()
+        finally:
+            blocker.close()
+
+    asyncio.run(scenario())

@@ -101,8 +101,9 @@ class ProxyApp:
         try:
             self.dialer = dialer = await open_tunnel(cfg, resolve=self.resolve)
         except OSError as e:
+            src = cfg.interface.source
             raise StartError(
-                f"{cfg.interface.source}: cannot open UDP port "
+                f"{src.path}:{src.line_of('ListenPort')}: cannot open UDP port "
                 f"{cfg.interface.listen_port or 0}: {e.strerror or e}"
             ) from None
         self.tunnel = tunnel = dialer.tunnel

@@ -28,6 +28,7 @@ from wiresnake.proxy.config import (
     find_default_config,
     read_proxy_config,
 )
+from wiresnake.reresolve import stale_after_from_env
 
 __all__ = ["main"]
 
@@ -79,8 +80,19 @@ async def _run(app: ProxyApp) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
         loop.add_signal_handler(sig, stop.set)
+    # a signal while starting (say, Endpoint look-ups retrying) stops the start too
+    starting = asyncio.create_task(app.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting  # app.start() closes what it had opened
+        print("interrupted while starting", file=sys.stderr)
+        return 130
     try:
-        await app.start()
+        starting.result()
     except StartError as e:
         log.error("%s", e)
         return 1
@@ -125,12 +137,20 @@ def main(argv: Sequence[str]) -> int:
         return 1
     for warning in config.warnings:
         log.warning("%s", warning)
+    try:
+        stale_after_from_env(os.environ)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 1
     if args.configtest:
-        try:
-            config.to_device_config()  # Endpoint names must resolve, as in wireproxy
+        try:  # Endpoint names must resolve, as in wireproxy
+            asyncio.run(config.lookup_endpoints())
         except ProxyConfigError as e:
             print(e, file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            print("interrupted while resolving Endpoint names", file=sys.stderr)
+            return 130
         print("Config OK")
         return 0
     if args.daemon:

@@ -49,6 +49,7 @@ that, on purpose, so that a mistake is not silently turned into something else:
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import re
 import socket
@@ -62,6 +63,7 @@ from wiresnake.config import (
     EndpointSpec,
     InterfaceAddress,
     resolve_endpoint,
+    resolve_endpoint_async,
 )
 from wiresnake.protocol.settings import DeviceConfig, Network, PeerConfig, parse_network
 
@@ -90,6 +92,8 @@ __all__ = [
     "parse_proxy_config",
     "read_proxy_config",
 ]
+
+_log = logging.getLogger("wiresnake.proxy")
 
 IPAddress: TypeAlias = IPv4Address | IPv6Address
 _T = TypeVar("_T")
@@ -272,6 +276,23 @@ class ProxyConfig:
             return self.resolve.strategy
         versions = {a.version for a in self.interface.addresses}
         return "ipv4" if versions == {4} else "ipv6"
+
+    async def lookup_endpoints(
+        self, log: Callable[[str], None] | None = None
+    ) -> dict[EndpointSpec, tuple[str, int]]:
+        """Every Endpoint name resolved (with wg's retries) without blocking the loop, for
+        `to_device_config(found.__getitem__)`; a failure is a ProxyConfigError naming the
+        Endpoint line. Retries are announced through `log` (default: the proxy's logger)."""
+        found: dict[EndpointSpec, tuple[str, int]] = {}
+        say = log or _log.warning
+        for p in self.peers:
+            if p.endpoint is None or p.endpoint.is_numeric or p.endpoint in found:
+                continue
+            try:
+                found[p.endpoint] = await resolve_endpoint_async(p.endpoint, log=say)
+            except ValueError as e:
+                raise p.source.error("Endpoint", str(e)) from None
+        return found
 
     def to_device_config(
         self, resolve: Callable[[EndpointSpec], tuple[str, int]] | None = None

@@ -12,6 +12,7 @@ from wiresnake.proxy.config import ProxyConfig, read_proxy_config
 from wiresnake.proxy.dns import Resolver
 from wiresnake.proxy.tunnel import ClientConnected, TcpServer, Tunnel, UdpEndpoint
 from wiresnake.proxy.upstream import NameResolutionError
+from wiresnake.reresolve import endpoint_names, proxy_enabled, stale_after_from_env
 
 if TYPE_CHECKING:
     from wiresnake.proxy.upstream import Upstream
@@ -109,15 +110,21 @@ async def open_tunnel(
     What it answers dials names through the tunnel's `DNS` servers; `async with` it, or
     `close()` it when done. Only `[Interface]` and `[Peer]` matter here: the front ends a
     file may also list are `wiresnake proxy`'s job. `resolve` looks up Endpoint names
-    (see `ProxyConfig.to_device_config`).
+    (see `ProxyConfig.to_device_config`; by default they are looked up without blocking the
+    loop), then again whenever a peer's handshakes go stale, unless WIRESNAKE_RERESOLVE=0.
     """
     if not isinstance(config, ProxyConfig):
         config = read_proxy_config(os.fspath(config))
+    stale_after = stale_after_from_env(os.environ)
+    first = resolve or (await config.lookup_endpoints()).__getitem__
     tunnel = await Tunnel.open(
-        config.to_device_config(resolve),
+        config.to_device_config(first),
         [str(a) for a in config.interface.addresses],
         mtu=config.interface.mtu,
     )
+    if proxy_enabled(os.environ):
+        names = endpoint_names((p.public_key, p.endpoint) for p in config.peers)
+        tunnel.reresolve(names, stale_after=stale_after, lookup=resolve)
     return Dialer.for_config(tunnel, config)
 
 

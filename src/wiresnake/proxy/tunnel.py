@@ -14,9 +14,10 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from wiresnake.config import EndpointSpec, resolve_endpoint_async
 from wiresnake.io.udp import UdpSockets
 from wiresnake.netstack import tcpsock
 from wiresnake.netstack.icmp import IcmpSocket
@@ -27,6 +28,7 @@ from wiresnake.netstack.udp import UdpSocket
 from wiresnake.protocol.device import Device, Output
 from wiresnake.protocol.peer import Endpoint
 from wiresnake.protocol.settings import DeviceConfig
+from wiresnake.reresolve import STALE_AFTER, Reresolver
 
 __all__ = ["TcpServer", "Tunnel", "UdpEndpoint"]
 
@@ -57,6 +59,7 @@ class Tunnel:
         self._dirty: dict[_TcpTransport | TcpServer, None] = {}
         self._servicing = False
         self.orphan_timeout = ORPHAN_TIMEOUT
+        self._reresolving: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -100,11 +103,55 @@ class Tunnel:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._reresolving is not None:
+            self._reresolving.cancel()
+            self._reresolving = None
         if self._udp is not None:
             for sock in self._udp.sockets():
                 self._loop.remove_reader(sock.fileno())
             self._udp.close()
             self._udp = None
+
+    def reresolve(
+        self,
+        names: Mapping[bytes, EndpointSpec],
+        *,
+        stale_after: float = STALE_AFTER,
+        lookup: Callable[[EndpointSpec], tuple[str, int]] | None = None,
+    ) -> None:
+        """Look each peer's Endpoint name (`names`: public key to name) up again whenever
+        that peer has had no handshake for `stale_after` seconds, as wireguard-tools'
+        reresolve-dns does, and point the peer at a new address (see `wiresnake.reresolve`).
+        Look-ups never block the loop; `close()` ends it."""
+        if self._reresolving is not None:
+            self._reresolving.cancel()
+            self._reresolving = None
+        reresolver = Reresolver(stale_after)
+        reresolver.set_names(names)
+        if names and self._udp is not None:  # not once closed
+            self._reresolving = self._loop.create_task(self._keep_resolving(reresolver, lookup))
+
+    async def _keep_resolving(
+        self, reresolver: Reresolver, lookup: Callable[[EndpointSpec], tuple[str, int]] | None
+    ) -> None:
+        async def one(key: bytes, spec: EndpointSpec) -> None:
+            answer: tuple[str, int] | Exception
+            try:
+                if lookup is None:
+                    answer = await resolve_endpoint_async(spec, retries=0, log=log.debug)
+                else:
+                    answer = await resolve_endpoint_async(spec, retries=0, lookup=lookup)
+            except Exception as e:  # ValueError from ours; anything from a caller's `lookup`
+                answer = e
+            line = reresolver.answered(self.device, key, spec, answer, time.monotonic())
+            if line is not None:
+                log.info("%s", line)
+
+        while True:
+            await asyncio.sleep(1.0)
+            due = reresolver.due(self.device, time.monotonic())
+            if due:
+                await asyncio.gather(*(one(key, spec) for key, spec in due))
 
     # ---------------------------------------------------------------- the pump
 
