@@ -516,8 +516,12 @@ ENVIRONMENT: Final[tuple[tuple[str, str], ...]] = (
     ("WIRESNAKE_BUSY_POLL_US", "microseconds of polling before epoll sleeps (default 300)"),
     (
         "WIRESNAKE_RERESOLVE",
-        "=1 re-resolves peers' endpoint names from /etc/wireguard/IFACE.conf when their "
-        "handshakes go stale",
+        "=1 re-resolves peers' endpoint names from /etc/wireguard/IFACE.conf (=PATH: from "
+        "that file) when their handshakes go stale; in proxy mode on unless =0",
+    ),
+    (
+        "WIRESNAKE_RERESOLVE_STALE",
+        "for tests: seconds without a handshake before a name is looked up again (135)",
     ),
     ("WIRESNAKE_READY_FD", "internal: the daemon child's start-up pipe to its parent"),
     (WG_QUICK_ENV, "set (as wg-quick sets it): a bare IFACE is not checked for typos"),
