@@ -188,6 +188,10 @@ class Gate:
             _current.set(ticket)  # this task's own context
             try:
                 await handler(reader, writer)
+            except asyncio.CancelledError:
+                # the loop shutting down; Python 3.11's StreamReaderProtocol would log a
+                # cancelled handler task as an error
+                writer.transport.abort()
             finally:
                 self._release(ticket)
 
