@@ -240,3 +240,62 @@ def test_an_http_listener_caps_its_connections() -> None:
             server.close()
 
     _run(scenario)
+
+
+_EMFILE_SERVER = """
+import asyncio, logging, resource, sys
+from wiresnake.proxy import limits
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+resource.setrlimit(resource.RLIMIT_NOFILE, (48, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+
+async def handler(reader, writer):
+    if await reader.read(1):  # silent clients wait here
+        limits.handshake_done()
+        writer.write(b"ok")
+        await writer.drain()
+    writer.close()
+
+
+async def main():
+    gate = limits.Gate("test", limits.Limits(1000, 1000, 60))  # caps above the descriptors
+    server = await gate.start_server(handler, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.sleep(float(sys.argv[1]))
+    print("evicted", gate.evicted, "paused", gate.paused, flush=True)
+
+
+asyncio.run(main())
+"""
+
+
+def test_out_of_descriptors_in_accept_closes_idle_ones_and_serves_the_next() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _EMFILE_SERVER, "6"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+
+        async def clients() -> None:
+            silent = await _idle(port, 120)  # more than the server has descriptors
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"x")
+            assert await asyncio.wait_for(reader.readexactly(2), 5) == b"ok"
+            writer.close()
+            for _, w in silent:
+                w.close()
+
+        asyncio.run(clients())
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    words = out.split()
+    assert words[0] == "evicted" and int(words[1]) > 50, (out, err)
+    assert err.count("\n") < 5, err  # not a line per failed accept()

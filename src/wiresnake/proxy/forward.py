@@ -165,7 +165,7 @@ async def serve_tcp_client_tunnel(
         await _serve_connection("TCPClientTunnel", target, dial, connections, reader, writer)
 
     gate = limits.Gate("TCPClientTunnel", caps or limits.Limits.for_listeners(1, env={}))
-    server = await asyncio.start_server(gate.guard(handle), spec.bind.host or None, spec.bind.port)
+    server = await gate.start_server(handle, spec.bind.host or None, spec.bind.port)
     _close_also(server, connections)
     log.info("TCPClientTunnel listening on %s, forwarding to %s", _sockname(server), target)
     return server

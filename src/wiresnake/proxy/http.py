@@ -599,7 +599,7 @@ async def serve_http(
     caps = caps or limits.Limits.for_listeners(1, env={})
     server.head_timeout = caps.handshake_timeout
     gate = limits.Gate("HTTP proxy", caps)
-    return await asyncio.start_server(gate.guard(server.handle), host, port, ssl=ssl)
+    return await gate.start_server(server.handle, host, port, ssl=ssl)
 
 
 async def serve_http_proxy(upstream: Upstream, section: HTTPProxy) -> asyncio.Server:

@@ -12,7 +12,10 @@ clients are turned away. Three things prevent that:
 - the front ends close a client that has not finished its request within
   `handshake_timeout` seconds.
 - `raise_nofile_limit` lifts the soft descriptor limit to the hard one, and
-  `Limits.for_listeners` keeps the caps of all listeners within it.
+  `Limits.for_listeners` keeps the caps of all listeners within it. Should accept() still
+  fail with EMFILE (descriptors used elsewhere), the oldest idle connection is closed to
+  make room, or when there is none the listener stops accepting for half a second: a
+  line in the log then, not one per attempt.
 
 The caps and the timeout come from the environment (wireproxy's file has no such keys):
 WIRESNAKE_PROXY_MAX_CONNECTIONS (per listener), WIRESNAKE_PROXY_MAX_PER_CLIENT (per client
@@ -23,13 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import errno
 import ipaddress
 import logging
 import os
 import resource
+import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from ssl import SSLContext
 
 from wiresnake.config import EndpointSpec
 
@@ -56,6 +62,11 @@ HANDSHAKE_TIMEOUT = 5.0
 # descriptors kept for everything but client connections: the UDP socket, UDP ASSOCIATE
 # relays, TCPServerTunnel's outgoing connections, logs, imports
 FD_RESERVE = 64
+
+BACKLOG = 128  # the listen() queue
+ACCEPT_BATCH = 64  # accept() calls per wake-up
+ACCEPT_PAUSE = 0.5  # seconds without accepting after EMFILE with no idle one to close
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -131,9 +142,9 @@ def handshake_done() -> None:
 class _Ticket:
     __slots__ = ("client", "idle", "writer")
 
-    def __init__(self, client: str, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, client: str) -> None:
         self.client = client
-        self.writer = writer
+        self.writer: asyncio.StreamWriter | None = None  # once the handler runs
         self.idle = True
 
 
@@ -145,11 +156,11 @@ def client_name(writer: asyncio.StreamWriter) -> str:
     return str(peer)
 
 
-def _client_of(writer: asyncio.StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
-    if not isinstance(peer, tuple) or not peer:
-        return str(peer)
-    host = str(peer[0])
+def _client_of(address: object) -> str:
+    """The client address a cap counts: IPv4-mapped IPv6 as IPv4, no port."""
+    if not isinstance(address, tuple) or not address:
+        return str(address)
+    host = str(address[0])
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
@@ -160,9 +171,12 @@ def _client_of(writer: asyncio.StreamWriter) -> str:
 
 
 class Gate:
-    """Admission to one listener (see the module text); `guard(handler)` applies it.
+    """Admission to one listener (see the module text): `start_server` listens as
+    `asyncio.start_server` does, but decides on each connection as it is accepted, so a
+    refused one costs no transport, and copes with accept() running out of descriptors.
 
-    `refused` and `evicted` count the connections closed at once and those pushed out.
+    `refused`, `evicted` and `paused` count the connections closed at once, those pushed
+    out for a new one, and the pauses for want of descriptors.
     """
 
     def __init__(self, what: str, limits: Limits) -> None:
@@ -172,20 +186,118 @@ class Gate:
         self._per_client: Counter[str] = Counter()
         self.refused = 0
         self.evicted = 0
+        self.paused = 0
 
     @property
     def connections(self) -> int:
         return len(self._open)
 
-    def guard(self, handler: Handler) -> Handler:
-        """`handler`, run only for admitted connections; the others are closed at once."""
+    async def start_server(
+        self,
+        handler: Handler,
+        host: str | None,
+        port: int,
+        *,
+        ssl: SSLContext | None = None,
+        limit: int = 2**16,
+    ) -> asyncio.Server:
+        """Listen on (host, port) (host "" or None: every address); `handler(reader,
+        writer)` runs for each admitted connection. OSError when it cannot bind."""
+        loop = asyncio.get_running_loop()
+        # bound, not yet listening: the accepting is ours
+        server = await loop.create_server(
+            asyncio.Protocol, host or None, port, start_serving=False, backlog=BACKLOG
+        )
+        for tsock in server.sockets:
+            sock = socket.socket(fileno=os.dup(tsock.fileno()))  # a handle to accept on
+            sock.setblocking(False)
+            sock.listen(BACKLOG)
+            self._listen(loop, server, sock, handler, ssl, limit)
+        return server
+
+    def _listen(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        server: asyncio.Server,
+        sock: socket.socket,
+        handler: Handler,
+        ssl: SSLContext | None,
+        limit: int,
+    ) -> None:
+        def readable() -> None:
+            if not server.sockets:  # the server was closed
+                loop.remove_reader(sock.fileno())
+                sock.close()
+                return
+            for _ in range(ACCEPT_BATCH):
+                try:
+                    conn, address = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    return
+                except ConnectionAbortedError:
+                    continue
+                except OSError as e:
+                    if e.errno in _OUT_OF_RESOURCES:
+                        out_of_descriptors(e)
+                    else:
+                        log.error("%s: accept() failed: %s", self.what, e.strerror or e)
+                    return
+                ticket = self._admit(_client_of(address))
+                if ticket is None:
+                    conn.close()
+                    continue
+                conn.setblocking(False)
+                loop.create_task(self._serve(conn, ticket, handler, ssl, limit))
+
+        def out_of_descriptors(error: OSError) -> None:
+            # EMFILE leaves the socket readable: close the oldest idle connection, whose
+            # descriptor is free on the next turn of the loop, or else stop accepting a
+            # moment rather than fail on every turn
+            if self._evict(None):
+                return
+            self.paused += 1
+            log.warning(
+                "%s: accept() failed: %s; accepting again in %g s",
+                self.what,
+                error.strerror or error,
+                ACCEPT_PAUSE,
+            )
+            loop.remove_reader(sock.fileno())
+            loop.call_later(ACCEPT_PAUSE, resume)
+
+        def resume() -> None:
+            if server.sockets:
+                loop.add_reader(sock.fileno(), readable)
+            else:
+                sock.close()
+
+        loop.add_reader(sock.fileno(), readable)
+        original_close = server.close
+
+        def close() -> None:
+            original_close()
+            if sock.fileno() != -1:
+                loop.remove_reader(sock.fileno())
+                sock.close()
+
+        server.close = close  # type: ignore[method-assign]
+
+    async def _serve(
+        self,
+        conn: socket.socket,
+        ticket: _Ticket,
+        handler: Handler,
+        ssl: SSLContext | None,
+        limit: int,
+    ) -> None:
+        loop = asyncio.get_running_loop()
 
         async def guarded(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            ticket = self._admit(writer)
-            if ticket is None:
+            _current.set(ticket)  # this handler task's own context
+            ticket.writer = writer
+            if ticket not in self._open:  # pushed out before it started
                 writer.transport.abort()
                 return
-            _current.set(ticket)  # this task's own context
             try:
                 await handler(reader, writer)
             except asyncio.CancelledError:
@@ -195,10 +307,23 @@ class Gate:
             finally:
                 self._release(ticket)
 
-        return guarded
+        def protocol() -> asyncio.StreamReaderProtocol:
+            reader = asyncio.StreamReader(limit=limit, loop=loop)
+            return asyncio.StreamReaderProtocol(reader, guarded, loop=loop)
 
-    def _admit(self, writer: asyncio.StreamWriter) -> _Ticket | None:
-        client = _client_of(writer)
+        try:
+            await loop.connect_accepted_socket(
+                protocol,
+                conn,
+                ssl=ssl,
+                ssl_handshake_timeout=self.limits.handshake_timeout if ssl else None,
+            )
+        except (Exception, asyncio.CancelledError) as e:  # a failed TLS handshake, say
+            log.debug("%s: connection from %s dropped: %r", self.what, ticket.client, e)
+            self._release(ticket)
+            conn.close()
+
+    def _admit(self, client: str) -> _Ticket | None:
         limits = self.limits
         if self._per_client[client] >= limits.max_per_client and not self._evict(client):
             self._refuse(client, f"{limits.max_per_client} connections from it open")
@@ -206,7 +331,7 @@ class Gate:
         if len(self._open) >= limits.max_connections and not self._evict(None):
             self._refuse(client, f"{limits.max_connections} connections open")
             return None
-        ticket = _Ticket(client, writer)
+        ticket = _Ticket(client)
         self._open[ticket] = None
         self._per_client[client] += 1
         return ticket
@@ -218,13 +343,14 @@ class Gate:
     def _evict(self, client: str | None) -> bool:
         """Close the oldest connection still in its handshake (of `client`, if given)."""
         for ticket in self._open:
-            if ticket.idle and (client is None or ticket.client == client):
+            writer = ticket.writer
+            if ticket.idle and writer is not None and client in (None, ticket.client):
                 self.evicted += 1
                 log.debug(
-                    "%s: closed an idle connection from %s for a new one", self.what, ticket.client
+                    "%s: idle connection from %s closed for a new one", self.what, ticket.client
                 )
                 self._release(ticket)
-                ticket.writer.transport.abort()
+                writer.transport.abort()
                 return True
         return False
 

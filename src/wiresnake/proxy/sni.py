@@ -134,4 +134,4 @@ async def serve_sni(
     `upstream`; `caps` bounds the listener's connections (by default: what descriptors
     allow)."""
     gate = limits.Gate("SNI proxy", caps or limits.Limits.for_listeners(1, env={}))
-    return await asyncio.start_server(gate.guard(SniProxy(upstream).handle), host, port)
+    return await gate.start_server(SniProxy(upstream).handle, host, port)

@@ -384,7 +384,7 @@ class Socks5Server:
 
     async def start(self, host: str | None, port: int) -> asyncio.Server:
         """Listen on the local (host, port); host "" or None is every address."""
-        self.listener = await asyncio.start_server(self.gate.guard(self.handle), host, port)
+        self.listener = await self.gate.start_server(self.handle, host, port)
         return self.listener
 
     def close(self) -> None:
