@@ -272,3 +272,32 @@ BindAddress = 127.0.0.1:0
         for r in caplog.records
         if r.levelno >= logging.INFO
     )
+
+
+def test_a_udp_tunnel_to_an_unroutable_target_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    from wiresnake.proxy.config import UDPProxyTunnel
+    from wiresnake.proxy.forward import serve_udp_proxy_tunnel
+
+    async def scenario() -> None:
+        a, b = await _pair()
+        async with a, b:
+            spec = UDPProxyTunnel(EndpointSpec("127.0.0.1", 0), EndpointSpec("10.99.0.1", 53))
+            proxy = await serve_udp_proxy_tunnel(TableUpstream(a), spec)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.sendto(b"query", proxy.address)
+                for _ in range(100):
+                    if any("AllowedIPs" in r.getMessage() for r in caplog.records):
+                        break
+                    await asyncio.sleep(0.02)
+            proxy.close()
+            await proxy.wait_closed()
+
+    with caplog.at_level(logging.INFO):
+        _run(scenario)
+    assert any(
+        "10.99.0.1" in r.getMessage() and "AllowedIPs" in r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.INFO
+    )

@@ -397,8 +397,16 @@ class UdpProxy:
                     "UDPProxyTunnel: %s to %s: %s", _name(association.client), spec.target, _why(e)
                 )
                 return
-            association.endpoint = endpoint
             association.target = target = (host, spec.target.port)
+            try:
+                endpoint.tunnel.check_route(host)
+            except OSError as e:  # no peer routes there: every datagram would be lost
+                log.warning(
+                    "UDPProxyTunnel: %s to %s: %s", _name(association.client), spec.target, _why(e)
+                )
+                endpoint.close()
+                return
+            association.endpoint = endpoint
             for data in association.pending:
                 self._send(endpoint, data, target)
             association.pending.clear()

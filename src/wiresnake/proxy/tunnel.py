@@ -112,7 +112,7 @@ class Tunnel:
 
     def close(self) -> None:
         """Stop at once: connections are cut (their streams see ConnectionAbortedError),
-        since nothing can carry their last bytes or FIN any more."""
+        since nothing can carry their last bytes or FIN any more. Never raises."""
         for stream in list(self._streams):
             stream._shutdown()
         self._streams.clear()
@@ -364,6 +364,7 @@ class TcpServer:
             tunnel._attach(sock, protocol)
 
     def close(self) -> None:
+        """Stop accepting; connections already accepted go on. Never raises."""
         self.listener.close()
         self.tunnel._forget(self, self.listener)
 
@@ -589,4 +590,5 @@ class UdpEndpoint:
             await self.tunnel._wait_change(deadline)
 
     def close(self) -> None:
+        """Release the port; `sendto` then raises OSError EBADF. Never raises."""
         self.sock.close()
