@@ -187,6 +187,7 @@ class Gate:
         self.refused = 0
         self.evicted = 0
         self.paused = 0
+        self._starting: set[asyncio.Task[None]] = set()  # held, so none is collected
 
     @property
     def connections(self) -> int:
@@ -247,7 +248,9 @@ class Gate:
                     conn.close()
                     continue
                 conn.setblocking(False)
-                loop.create_task(self._serve(conn, ticket, handler, ssl, limit))
+                task = loop.create_task(self._serve(conn, ticket, handler, ssl, limit))
+                self._starting.add(task)
+                task.add_done_callback(self._starting.discard)
 
         def out_of_descriptors(error: OSError) -> None:
             # EMFILE leaves the socket readable: close the oldest idle connection, whose
