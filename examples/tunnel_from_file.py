@@ -12,10 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from wiresnake import Tunnel, open_tunnel
 from wiresnake.crypto import generate_private_key, public_key
 from wiresnake.protocol.settings import DeviceConfig, PeerConfig, parse_network
-from wiresnake.proxy.dial import open_tunnel
-from wiresnake.proxy.tunnel import Tunnel
 
 
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -45,7 +44,7 @@ async def main() -> None:
             f"Endpoint = 127.0.0.1:{far.listen_port}\n"
             f"AllowedIPs = 10.80.0.0/24\n"
         )
-        async with await open_tunnel(conf) as net:
+        async with open_tunnel(conf) as net:
             print(f"ping 10.80.0.1: {await net.ping('10.80.0.1') * 1000:.1f} ms")
             reader, writer = await net.open_connection("10.80.0.1", 7)
             writer.write(b"hello from a config file\n")

@@ -523,6 +523,12 @@ ENVIRONMENT: Final[tuple[tuple[str, str], ...]] = (
         "WIRESNAKE_RERESOLVE_STALE",
         "for tests: seconds without a handshake before a name is looked up again (135)",
     ),
+    ("WIRESNAKE_PROXY_MAX_CONNECTIONS", "proxy: connections per listener (default 4096)"),
+    ("WIRESNAKE_PROXY_MAX_PER_CLIENT", "proxy: connections per client address (default 1024)"),
+    (
+        "WIRESNAKE_PROXY_HANDSHAKE_TIMEOUT",
+        "proxy: seconds a client has to finish its SOCKS5 or HTTP request (default 5)",
+    ),
     ("WIRESNAKE_READY_FD", "internal: the daemon child's start-up pipe to its parent"),
     (WG_QUICK_ENV, "set (as wg-quick sets it): a bare IFACE is not checked for typos"),
     ("WG_ENDPOINT_RESOLUTION_RETRIES", "tries to resolve an endpoint name (default 15)"),

@@ -6,6 +6,8 @@
     proxyaux.py put SOCKS HOST PORT N SEED  upload N bytes through SOCKS5, check the digest
     proxyaux.py many SOCKS HOST PORT COUNT SIZE   COUNT concurrent downloads
     proxyaux.py udpdns SOCKS DNS NAME       a DNS query through SOCKS5 UDP ASSOCIATE
+    proxyaux.py flood PORT COUNT SECONDS    COUNT silent connections, held up to SECONDS
+    proxyaux.py silent PORT...              seconds until a silent connection is closed
 
 Servers print "ready" once listening. Content is a seeded random stream, so both ends
 know it without storing it.
@@ -216,6 +218,44 @@ def udp_dns(socks: int, dns: str, name: str) -> str:
     raise SystemExit("no DNS answer through UDP ASSOCIATE")
 
 
+async def _flood(port: int, count: int, seconds: float) -> tuple[int, int]:
+    """Open `count` connections to `port` that send nothing and hold them up to `seconds`:
+    (how many opened, how many the other side closed in that time)."""
+    conns = []
+    for _ in range(count):
+        conns.append(await asyncio.open_connection("127.0.0.1", port))
+    print("open", flush=True)
+
+    async def held(reader: asyncio.StreamReader) -> bool:
+        try:
+            while await reader.read(4096):
+                pass
+        except OSError:
+            pass
+        return True
+
+    done = await asyncio.wait([asyncio.ensure_future(held(r)) for r, _ in conns], timeout=seconds)
+    for _, w in conns:
+        w.close()
+    return len(conns), len(done[0])
+
+
+async def _silent(ports: list[int]) -> list[float]:
+    took = []
+    for port in ports:
+        started = time.monotonic()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        async with asyncio.timeout(30):
+            try:
+                while await reader.read(4096):
+                    pass
+            except ConnectionError:
+                pass
+        took.append(time.monotonic() - started)
+        writer.close()
+    return took
+
+
 def main(argv: list[str]) -> None:
     what = argv[0]
     if what == "http":
@@ -231,6 +271,12 @@ def main(argv: list[str]) -> None:
     elif what == "many":
         asyncio.run(_many(int(argv[1]), argv[2], int(argv[3]), int(argv[4]), int(argv[5])))
         print(f"ok {argv[4]}", flush=True)
+    elif what == "flood":
+        opened, closed = asyncio.run(_flood(int(argv[1]), int(argv[2]), float(argv[3])))
+        print("opened", opened, "closed", closed, flush=True)
+    elif what == "silent":
+        took = asyncio.run(_silent([int(p) for p in argv[1:]]))
+        print("closed", *(f"{t:.2f}" for t in took), flush=True)
     elif what == "udpdns":
         print(udp_dns(int(argv[1]), argv[2], argv[3]), flush=True)
     else:

@@ -60,7 +60,8 @@ def impaired_counts(host: Host) -> tuple[int, int]:
 
 
 class ProxyLab:
-    def __init__(self, lab: NetLab, impl: str, workdir: Path) -> None:
+    def __init__(self, lab: NetLab, impl: str, workdir: Path, limit: tuple[str, ...] = ()) -> None:
+        """`limit`: a prefix for the proxy's command (`prlimit --nofile=256`, say)."""
         self.lab = lab
         self.s, self.c = lab.host("s"), lab.host("c")
         self.veth_c, self.veth_s = lab.link(self.c, self.s, "192.168.51.1", "192.168.51.2")
@@ -106,7 +107,7 @@ Target = 127.0.0.1:{LOCAL_WEB}
         self.conf.chmod(0o644)
         self.log = workdir / "proxy.log"
         self.proxy = self.c.popen(
-            "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+            *limit, "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
             sys.executable, "-m", "wiresnake", "proxy", str(self.conf), "-i", f"127.0.0.1:{INFO}",
             stdout=subprocess.DEVNULL, stderr=self.log.open("wb"),
         )  # fmt: skip
@@ -229,6 +230,73 @@ def test_200_mb_down_and_up_under_loss_and_reordering(plab: ProxyLab) -> None:
         dropped, held = impaired_counts(host)
         assert dropped > 100 and held > 100, (dropped, held)
     print(f"200 MB down {down.split()[2]} s, up {up.split()[2]} s under 2% loss + reordering")
+
+
+@pytest.fixture
+def flab() -> Iterator[ProxyLab]:
+    """The proxy as nobody with 256 descriptors (soft and hard: nothing to raise)."""
+    require_root_and_tools("wg", "curl", "setpriv", "prlimit")
+    with NetLab() as lab, tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o755)
+        yield ProxyLab(lab, "wiresnake", Path(tmp), ("prlimit", "--nofile=256"))
+
+
+def test_a_flood_of_idle_connections_under_256_descriptors_leaves_room_for_requests(
+    flab: ProxyLab,
+) -> None:
+    limits = Path(f"/proc/{flab.proxy.pid}/limits").read_text()
+    assert any(
+        line.startswith("Max open files") and " 256 " in line for line in limits.splitlines()
+    )
+    socks = f"127.0.0.1:{SOCKS}"
+    assert "path=/before" in flab.curl("--socks5-hostname", socks, "http://web.test:8080/before")
+    # 300 connections to SOCKS5 that say nothing: more than the proxy has descriptors
+    flood = flab.c.popen(sys.executable, AUX, "flood", str(SOCKS), "300", "20",
+                         stdout=subprocess.PIPE)  # fmt: skip
+    assert flood.stdout is not None
+    assert flood.stdout.readline().strip() == b"open"
+    started = time.monotonic()
+    try:
+        for i in range(6):
+            out = flab.curl("--socks5-hostname", socks, f"http://web.test:8080/s{i}", timeout=15)
+            assert f"path=/s{i}" in out
+            out = flab.curl("-x", f"http://127.0.0.1:{HTTP}", f"http://web.test:8080/h{i}")
+            assert f"path=/h{i}" in out
+            time.sleep(0.5)
+        elapsed = time.monotonic() - started
+    finally:
+        out, _ = flood.communicate(timeout=60)
+    words = out.split()
+    # every idle one was closed by the proxy: pushed out for a newer one, or timed out
+    assert words == [b"opened", b"300", b"closed", b"300"], out
+    assert flab.proxy.poll() is None
+    text = flab.log.read_text()
+    assert len(text) < 10_000 and text.count("\n") < 50, text[-3000:]
+    assert "out of system resource" not in text and "Traceback" not in text, text[-3000:]
+    print(f"12 requests in {elapsed:.1f} s while 300 idle connections were open")
+
+
+def test_a_silent_client_is_closed_after_a_few_seconds(flab: ProxyLab) -> None:
+    out = flab.aux("silent", str(SOCKS), str(HTTP), timeout=60).split()
+    assert out[0] == "closed" and all(float(t) < 10 for t in out[1:]), out
+
+
+def test_an_unroutable_destination_fails_at_once_through_socks5_and_http(
+    flab: ProxyLab,
+) -> None:
+    for args, want in (
+        (("--socks5", f"127.0.0.1:{SOCKS}", "http://10.99.0.1/"), "(3)"),
+        (("-x", f"http://127.0.0.1:{HTTP}", "http://10.99.0.1/"), "502"),
+        (("-p", "-x", f"http://127.0.0.1:{HTTP}", "http://10.99.0.1/"), "502"),
+    ):
+        started = time.monotonic()
+        res = flab.c.run("curl", "-sS", "--fail", "--max-time", "20", *args, check=False)
+        assert res.returncode != 0 and want in res.stderr, (args, res.stderr)
+        assert time.monotonic() - started < 5, args
+    body = flab.c.run("curl", "-sS", "-x", f"http://127.0.0.1:{HTTP}", "http://10.99.0.1/")
+    assert "AllowedIPs contain 10.99.0.1" in body.stdout
+    log = flab.log.read_text()
+    assert log.count("10.99.0.1") >= 4 and "AllowedIPs" in log, log  # at the default level
 
 
 def _hex(b64: str) -> str:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 
 import pytest
 
 from wiresnake.crypto import generate_private_key, public_key
 from wiresnake.protocol.settings import DeviceConfig, PeerConfig, parse_network
-from wiresnake.proxy.tunnel import Tunnel
+from wiresnake.proxy.tunnel import NoRouteError, Tunnel
 
 
 async def _pair() -> tuple[Tunnel, Tunnel]:
@@ -67,8 +68,36 @@ def test_ping_to_nobody_times_out() -> None:
     async def scenario() -> None:
         a, b = await _pair()
         async with a, b:
+            (peer,) = a.device.peers
+            a.device.allow(peer, "10.60.0.99/32")  # routed to b, which does not answer
             with pytest.raises(TimeoutError):
                 await a.ping("10.60.0.99", timeout=0.5)
+
+    asyncio.run(scenario())
+
+
+def test_destinations_outside_every_allowed_ips_fail_at_once_with_enokey() -> None:
+    async def scenario() -> None:
+        a, b = await _pair()
+        async with a, b:
+            started = time.monotonic()
+            with pytest.raises(NoRouteError) as ping:
+                await a.ping("10.60.0.99", timeout=5)
+            with pytest.raises(NoRouteError) as tcp:
+                await a.open_connection("10.99.0.1", 80, timeout=5)
+            with pytest.raises(NoRouteError) as tcp6:
+                await a.open_connection("fd99::1", 80, timeout=5)
+            with pytest.raises(NoRouteError) as udp:
+                a.udp_endpoint().sendto(b"x", ("192.0.2.1", 53))
+            assert time.monotonic() - started < 2  # not a timeout
+            for caught in (ping, tcp, tcp6, udp):
+                assert caught.value.errno == errno.ENOKEY
+                assert isinstance(caught.value, OSError)
+                assert not isinstance(caught.value, TimeoutError)
+            assert "10.99.0.1" in str(tcp.value) and "AllowedIPs" in str(tcp.value)
+            assert "Required key not available" in str(tcp.value)
+            # nothing was queued for the stack to send
+            assert a.device.counters["no_route"] == 0
 
     asyncio.run(scenario())
 

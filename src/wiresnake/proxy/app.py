@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from wiresnake.config import EndpointSpec
-from wiresnake.proxy import forward
+from wiresnake.proxy import forward, limits
 from wiresnake.proxy.config import ProxyConfig, Source
 from wiresnake.proxy.dial import Dialer, open_tunnel
 from wiresnake.proxy.health import AliveChecker, InfoServer
@@ -107,9 +107,20 @@ class ProxyApp:
                 f"{cfg.interface.listen_port or 0}: {e.strerror or e}"
             ) from None
         self.tunnel = tunnel = dialer.tunnel
+        listeners = len(cfg.socks5) + len(cfg.http) + len(cfg.sni) + len(cfg.tunnels.tcp_client)
+        try:
+            caps = limits.Limits.for_listeners(listeners)
+        except ValueError as e:
+            raise StartError(str(e)) from None
         for s in cfg.socks5:
             host, port = _split(s.bind)
-            socks = Socks5Server(dialer, s.username, s.password)
+            socks = Socks5Server(
+                dialer,
+                s.username,
+                s.password,
+                handshake_timeout=caps.handshake_timeout,
+                caps=caps,
+            )
             self._closables.append(socks)  # closing it ends its sessions too
             await self._listen("SOCKS5", s.source, socks.start(host or "", port))
         for h in cfg.http:
@@ -123,13 +134,15 @@ class ProxyApp:
                     ssl_ctx.load_cert_chain(h.cert_file, h.key_file)
                 except (OSError, ssl.SSLError) as e:
                     raise StartError(f"{h.source}: cannot load certificate: {e}") from None
-            serving = serve_http(dialer, host or "", port, h.username, h.password, ssl_ctx)
+            serving = serve_http(
+                dialer, host or "", port, h.username, h.password, ssl_ctx, caps=caps
+            )
             await self._listen("HTTP", h.source, serving)
         for sn in cfg.sni:
             host, port = _split(sn.bind)
-            await self._listen("SNI", sn.source, serve_sni(dialer, host or "", port))
+            await self._listen("SNI", sn.source, serve_sni(dialer, host or "", port, caps))
         for c in cfg.tunnels.tcp_client:
-            serving = forward.serve_tcp_client_tunnel(dialer, c)
+            serving = forward.serve_tcp_client_tunnel(dialer, c, caps)
             await self._listen("TCPClientTunnel", c.source, serving)
         for t in cfg.tunnels.tcp_server:
             exposing = forward.serve_tcp_server_tunnel(tunnel, t)

@@ -22,12 +22,14 @@ from collections.abc import Sequence
 
 from wiresnake import __version__
 from wiresnake.config import EndpointSpec
+from wiresnake.proxy import logrepeat
 from wiresnake.proxy.app import ProxyApp, StartError
 from wiresnake.proxy.config import (
     ProxyConfigError,
     find_default_config,
     read_proxy_config,
 )
+from wiresnake.proxy.limits import raise_nofile_limit
 from wiresnake.reresolve import stale_after_from_env
 
 __all__ = ["main"]
@@ -120,11 +122,16 @@ def main(argv: Sequence[str]) -> int:
     level = logging.INFO
     if os.environ.get("LOG_LEVEL", "").lower() in ("debug", "verbose"):
         level = logging.DEBUG
+    root = logging.getLogger()
+    before = list(root.handlers)
     logging.basicConfig(
         level=logging.ERROR if args.silent else level,
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    # a flood (EMFILE on each accept, say) logs a line per interval; only on the handler
+    # made here: one the embedding program (or pytest) set up is left as it is
+    logrepeat.install([h for h in root.handlers if h not in before])
     path = args.config_opt or args.config or find_default_config()
     if path is None:
         print("configuration path is required", file=sys.stderr)
@@ -155,6 +162,7 @@ def main(argv: Sequence[str]) -> int:
         return 0
     if args.daemon:
         return _daemonize(argv)
+    raise_nofile_limit()  # each client connection holds a descriptor
     try:
         app = ProxyApp(config, info=info)
     except ProxyConfigError as e:

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, BinaryIO
 
 from wiresnake.config import EndpointSpec
+from wiresnake.proxy import limits
 from wiresnake.proxy.config import STDIOTunnel, TCPClientTunnel, TCPServerTunnel, UDPProxyTunnel
 from wiresnake.proxy.relay import relay
 from wiresnake.proxy.tunnel import TcpServer, Tunnel, UdpEndpoint
@@ -143,11 +144,15 @@ async def _serve_connection(
 # TCP
 
 
-async def serve_tcp_client_tunnel(upstream: Upstream, spec: TCPClientTunnel) -> asyncio.Server:
+async def serve_tcp_client_tunnel(
+    upstream: Upstream, spec: TCPClientTunnel, caps: limits.Limits | None = None
+) -> asyncio.Server:
     """Listen on `spec.bind` here; carry each connection to `spec.target` through the tunnel.
 
     An empty bind host listens on every address. A connection whose target cannot be
     reached is reset. `close()` on the server also ends the connections it accepted.
+    `caps` bounds them (by default: what descriptors allow); having no handshake, none is
+    pushed out for a new one.
     """
     target = spec.target
     connections = _Connections()
@@ -156,9 +161,11 @@ async def serve_tcp_client_tunnel(upstream: Upstream, spec: TCPClientTunnel) -> 
         return upstream.open_connection(target.host, target.port)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        limits.handshake_done()
         await _serve_connection("TCPClientTunnel", target, dial, connections, reader, writer)
 
-    server = await asyncio.start_server(handle, spec.bind.host or None, spec.bind.port)
+    gate = limits.Gate("TCPClientTunnel", caps or limits.Limits.for_listeners(1, env={}))
+    server = await gate.start_server(handle, spec.bind.host or None, spec.bind.port)
     _close_also(server, connections)
     log.info("TCPClientTunnel listening on %s, forwarding to %s", _sockname(server), target)
     return server
@@ -390,8 +397,16 @@ class UdpProxy:
                     "UDPProxyTunnel: %s to %s: %s", _name(association.client), spec.target, _why(e)
                 )
                 return
-            association.endpoint = endpoint
             association.target = target = (host, spec.target.port)
+            try:
+                endpoint.tunnel.check_route(host)
+            except OSError as e:  # no peer routes there: every datagram would be lost
+                log.warning(
+                    "UDPProxyTunnel: %s to %s: %s", _name(association.client), spec.target, _why(e)
+                )
+                endpoint.close()
+                return
+            association.endpoint = endpoint
             for data in association.pending:
                 self._send(endpoint, data, target)
             association.pending.clear()

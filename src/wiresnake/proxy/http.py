@@ -16,12 +16,14 @@ Not served: `https://` absolute URIs (use CONNECT), origin-form requests to the 
 Request trailers are discarded (RFC 9110 §6.5.1 allows it).
 
 Status codes: 400 bad request, 407 missing or wrong credentials (Basic, RFC 7617, when a
-username or password is configured), 408 no complete head in time, 431 head over 64 KiB,
-502 name not found / connection refused / other dial failure / bad answer from the origin
+username or password is configured), 408 no complete head in time (5 s), 431 head over
+64 KiB, 502 name not found / connection refused / no peer's AllowedIPs contain the
+address (at once) / other dial failure / bad answer from the origin
 (a name that does not resolve is a gateway error, not a timeout, hence 502 rather than
 504), 504 dial timed out, 505 not HTTP/1.x. Each carries a short text body and
 `Connection: close`. Malformed input never raises out of `handle`, and neither headers nor
-credentials are ever logged.
+credentials are ever logged; a failed dial is (warning: client, destination, cause). The
+listener's `Gate` caps its connections (see `wiresnake.proxy.limits`).
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ from dataclasses import dataclass
 from ssl import Purpose, SSLContext, create_default_context
 from typing import Final
 
+from wiresnake.proxy import limits
 from wiresnake.proxy.config import HTTPProxy
 from wiresnake.proxy.relay import relay
+from wiresnake.proxy.tunnel import NoRouteError
 from wiresnake.proxy.upstream import NameResolutionError, Upstream
 
 __all__ = ["HttpProxyServer", "serve_http", "serve_http_proxy", "tls_context"]
@@ -47,7 +51,7 @@ __all__ = ["HttpProxyServer", "serve_http", "serve_http_proxy", "tls_context"]
 _log = logging.getLogger(__name__)
 
 MAX_HEAD: Final = 64 * 1024  # request or response head (start line and fields)
-HEAD_TIMEOUT: Final = 30.0
+HEAD_TIMEOUT: Final = limits.HANDSHAKE_TIMEOUT
 DIAL_TIMEOUT: Final = 120.0  # the Dialer bounds each address (10 s); this, the whole name
 LINGER: Final = 2.0  # how long to drain a client before closing (see _close)
 MAX_CHUNK_LINE: Final = 4096
@@ -426,6 +430,19 @@ async def _close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         writer.close()
 
 
+def _dial_failure(error: OSError, host: str, timeout: float) -> _HttpError:
+    """The answer to a dial that failed, its message saying why."""
+    if isinstance(error, NameResolutionError):
+        return _HttpError(502, f"host name not found: {error}")
+    if isinstance(error, NoRouteError):
+        return _HttpError(502, f"no route to {host}: {error}")
+    if isinstance(error, ConnectionRefusedError):
+        return _HttpError(502, "connection refused")
+    if isinstance(error, TimeoutError):
+        return _HttpError(504, f"connection timed out: {error or f'no answer in {timeout:g} s'}")
+    return _HttpError(502, f"host unreachable: {error.strerror or error}")
+
+
 class HttpProxyServer:
     """Serves one client connection per `handle` call; see the module text."""
 
@@ -457,26 +474,28 @@ class HttpProxyServer:
         return bool(colon) and user_ok and password_ok
 
     async def _dial(
-        self, host: str, port: int
+        self, host: str, port: int, writer: asyncio.StreamWriter
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
             return await asyncio.wait_for(
                 self.upstream.open_connection(host, port), self.dial_timeout
             )
-        except NameResolutionError:
-            raise _HttpError(502, "host name not found") from None
-        except ConnectionRefusedError:
-            raise _HttpError(502, "connection refused") from None
-        except TimeoutError:
-            raise _HttpError(504, "connection timed out") from None
-        except OSError:
-            raise _HttpError(502, "host unreachable") from None
+        except OSError as e:
+            failure = _dial_failure(e, host, self.dial_timeout)
+        _log.warning(
+            "HTTP proxy from %s: %s port %d failed: %s",
+            limits.client_name(writer),
+            host,
+            port,
+            failure.message,
+        )
+        raise failure
 
     async def _connect(
         self, request: _Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         host, port = _parse_host_port(request.target, None)
-        remote_r, remote_w = await self._dial(host, port)
+        remote_r, remote_w = await self._dial(host, port, writer)
         _log.debug("CONNECT to %s port %d", host, port)
         writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         # Bytes the client sent right after its head (say a TLS ClientHello) are still in
@@ -492,7 +511,7 @@ class HttpProxyServer:
     ) -> None:
         target = _parse_absolute(request.target)
         framing = _framing(request)
-        remote_r, remote_w = await self._dial(target.host, target.port)
+        remote_r, remote_w = await self._dial(target.host, target.port, writer)
         _log.debug("%s to %s port %d", request.method, target.host, target.port)
         try:
             remote_w.write(_origin_head(request, target, framing))
@@ -526,6 +545,7 @@ class HttpProxyServer:
                 lines = await _read_head(reader, skip_blank=2)
         except TimeoutError:
             raise _HttpError(408, "no complete request in time") from None
+        limits.handshake_done()
         request = _parse_request(lines)
         if not self._authorized(request.fields):
             raise _HttpError(407, "proxy authentication required")
@@ -571,10 +591,15 @@ async def serve_http(
     username: str = "",
     password: str = "",
     ssl: SSLContext | None = None,
+    caps: limits.Limits | None = None,
 ) -> asyncio.Server:
-    """Listen on the local (host, port) and serve HTTP proxy requests through `upstream`."""
+    """Listen on the local (host, port) and serve HTTP proxy requests through `upstream`;
+    `caps` bounds the listener's connections (by default: what descriptors allow)."""
     server = HttpProxyServer(upstream, username, password)
-    return await asyncio.start_server(server.handle, host, port, ssl=ssl)
+    caps = caps or limits.Limits.for_listeners(1, env={})
+    server.head_timeout = caps.handshake_timeout
+    gate = limits.Gate("HTTP proxy", caps)
+    return await gate.start_server(server.handle, host, port, ssl=ssl)
 
 
 async def serve_http_proxy(upstream: Upstream, section: HTTPProxy) -> asyncio.Server:

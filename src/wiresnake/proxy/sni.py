@@ -14,6 +14,7 @@ import contextlib
 import logging
 import struct
 
+from wiresnake.proxy import limits
 from wiresnake.proxy.relay import relay
 from wiresnake.proxy.upstream import Upstream
 
@@ -107,10 +108,12 @@ class SniProxy:
             except (SniError, TimeoutError, asyncio.IncompleteReadError) as e:
                 log.info("SNI proxy: %s", e or "no ClientHello in time")
                 return
+            limits.handshake_done()
             try:
                 remote_r, remote_w = await self.upstream.open_connection(name, TLS_PORT)
             except OSError as e:
-                log.warning("SNI proxy: cannot reach %s:%d: %s", name, TLS_PORT, e)
+                client = limits.client_name(writer)
+                log.warning("SNI proxy from %s: %s port %d failed: %s", client, name, TLS_PORT, e)
                 return
             remote_w.write(raw)
             await relay(reader, writer, remote_r, remote_w)
@@ -124,7 +127,11 @@ class SniProxy:
                 await writer.wait_closed()
 
 
-async def serve_sni(upstream: Upstream, host: str, port: int) -> asyncio.Server:
+async def serve_sni(
+    upstream: Upstream, host: str, port: int, caps: limits.Limits | None = None
+) -> asyncio.Server:
     """Listen on the local (host, port) and route TLS connections by name through
-    `upstream`."""
-    return await asyncio.start_server(SniProxy(upstream).handle, host, port)
+    `upstream`; `caps` bounds the listener's connections (by default: what descriptors
+    allow)."""
+    gate = limits.Gate("SNI proxy", caps or limits.Limits.for_listeners(1, env={}))
+    return await gate.start_server(SniProxy(upstream).handle, host, port)

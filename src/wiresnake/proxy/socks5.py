@@ -15,6 +15,7 @@ CONNECT failures answer with these RFC 1928 reply codes (curl prints their names
     NameResolutionError, an unusable name            4  host unreachable
     ConnectionRefusedError (RST to the SYN)          5  connection refused
     TimeoutError (nothing answered the SYN)          6  TTL expired (as Tor does)
+    NoRouteError (outside every peer's AllowedIPs)   3  network unreachable
     OSError ENETUNREACH / ENETDOWN                   3  network unreachable
     OSError EHOSTUNREACH / EHOSTDOWN                 4  host unreachable
     OSError EACCES / EPERM                           2  not allowed by ruleset
@@ -24,7 +25,9 @@ CONNECT failures answer with these RFC 1928 reply codes (curl prints their names
 
 The success reply of a CONNECT carries the tunnel-side address and port of the connection.
 The whole negotiation (greeting, authentication, request) must arrive within
-`handshake_timeout`; malformed or truncated input closes the connection quietly.
+`handshake_timeout` (5 s); malformed or truncated input closes the connection quietly. A
+failed CONNECT is logged (warning) with the client, the destination and the cause. The
+listener's `Gate` caps its connections (see `wiresnake.proxy.limits`).
 
 UDP datagrams are accepted only from the client's IP (the non-zero DST.ADDR of the
 request if it gave one, else the address of its TCP connection), and only from one port:
@@ -45,8 +48,9 @@ import logging
 import struct
 import time
 
+from wiresnake.proxy import limits
 from wiresnake.proxy.relay import relay
-from wiresnake.proxy.tunnel import UdpEndpoint
+from wiresnake.proxy.tunnel import NoRouteError, UdpEndpoint
 from wiresnake.proxy.upstream import NameResolutionError, Upstream
 
 __all__ = ["Socks5Server", "serve_socks5"]
@@ -60,7 +64,7 @@ ATYP_V4, ATYP_DOMAIN, ATYP_V6 = 1, 3, 4
 REP_OK, REP_FAILURE, REP_NOT_ALLOWED, REP_NET_UNREACH = 0, 1, 2, 3
 REP_HOST_UNREACH, REP_REFUSED, REP_TTL, REP_CMD, REP_ATYP = 4, 5, 6, 7, 8
 
-HANDSHAKE_TIMEOUT = 30.0
+HANDSHAKE_TIMEOUT = limits.HANDSHAKE_TIMEOUT
 CONNECT_TIMEOUT = 120.0  # a safety net: the upstream has its own, per address
 RESOLVE_TIMEOUT = 15.0
 NAME_CACHE_SECONDS = 60.0
@@ -140,6 +144,8 @@ def _reply_code(error: BaseException) -> int:
     """The RFC 1928 reply for a failed CONNECT (the table in the module docstring)."""
     if isinstance(error, NameResolutionError):
         return REP_HOST_UNREACH
+    if isinstance(error, NoRouteError):
+        return REP_NET_UNREACH
     if isinstance(error, ConnectionRefusedError):
         return REP_REFUSED
     if isinstance(error, TimeoutError):
@@ -354,8 +360,12 @@ class Socks5Server:
         *,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         connect_timeout: float = CONNECT_TIMEOUT,
+        caps: limits.Limits | None = None,
     ) -> None:
+        """`caps` bounds the listener's connections (by default: what the descriptor limit
+        allows, see `Limits.for_listeners`)."""
         self.upstream = upstream
+        self.gate = limits.Gate("SOCKS5", caps or limits.Limits.for_listeners(1, env={}))
         self.username = username.encode()
         self.password = password.encode()
         self.auth_required = bool(username or password)
@@ -374,7 +384,7 @@ class Socks5Server:
 
     async def start(self, host: str | None, port: int) -> asyncio.Server:
         """Listen on the local (host, port); host "" or None is every address."""
-        self.listener = await asyncio.start_server(self.handle, host, port)
+        self.listener = await self.gate.start_server(self.handle, host, port)
         return self.listener
 
     def close(self) -> None:
@@ -424,6 +434,7 @@ class Socks5Server:
                     await _drain(writer)
                     return
                 cmd, host, port = await self._request(reader)
+            limits.handshake_done()
         except _Refused as e:
             writer.write(_reply(e.code))
             await _drain(writer)
@@ -487,7 +498,13 @@ class Socks5Server:
             async with asyncio.timeout(self.connect_timeout):
                 remote_r, remote_w = await self.upstream.open_connection(host, port)
         except Exception as e:
-            log.debug("SOCKS5 CONNECT %s port %d failed: %r", host, port, e)
+            log.warning(
+                "SOCKS5 from %s: CONNECT to %s port %d failed: %s",
+                limits.client_name(writer),
+                host,
+                port,
+                _why(e, self.connect_timeout),
+            )
             writer.write(_reply(_reply_code(e)))
             await _drain(writer)
             return
@@ -547,6 +564,13 @@ class Socks5Server:
             association.close()
             transport.close()
             await association.wait_closed()
+
+
+def _why(error: BaseException, timeout: float) -> str:
+    """The cause of a failed dial, for the log: the error's own words where it has some."""
+    if isinstance(error, TimeoutError) and not str(error):
+        return f"no answer within {timeout:g} s"
+    return str(error) or type(error).__name__
 
 
 async def _drain(writer: asyncio.StreamWriter) -> None:

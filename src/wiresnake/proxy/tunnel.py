@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import ipaddress
 import logging
 import socket
 import time
@@ -30,7 +32,7 @@ from wiresnake.protocol.peer import Endpoint
 from wiresnake.protocol.settings import DeviceConfig
 from wiresnake.reresolve import STALE_AFTER, Reresolver
 
-__all__ = ["TcpServer", "Tunnel", "UdpEndpoint"]
+__all__ = ["NoRouteError", "TcpServer", "Tunnel", "UdpEndpoint"]
 
 log = logging.getLogger("wiresnake.proxy")
 
@@ -38,6 +40,21 @@ _READ_BATCH = 256  # datagrams per wake-up (more with UDP GRO)
 ORPHAN_TIMEOUT = 60.0  # seconds a connection we closed may wait for the peer to finish
 
 ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
+
+
+class NoRouteError(OSError):
+    """No peer's AllowedIPs contain the destination: nothing could carry a packet there.
+
+    errno is ENOKEY, as the kernel's WireGuard answers a send to such an address
+    ("Required key not available"); raised at once rather than after a timeout.
+    """
+
+    def __init__(self, address: str) -> None:
+        super().__init__(errno.ENOKEY, f"no peer's AllowedIPs contain {address}")
+        self.address = address
+
+    def __str__(self) -> str:
+        return f"{self.strerror} (Required key not available)"
 
 
 class Tunnel:
@@ -70,7 +87,11 @@ class Tunnel:
         mtu: int = 1420,
         listen_host: str | None = None,
     ) -> Tunnel:
-        """`listen_host` None listens on every address of both families."""
+        """Open the UDP socket and start the engine; `listen_host` None listens on every
+        address of both families.
+
+        Raises OSError when the UDP port cannot be bound (EADDRINUSE, EACCES...),
+        ValueError for an unusable interface address or MTU."""
         device = Device(mtu=mtu, wall_offset=time.time() - time.monotonic())
         device.configure(config, time.monotonic())
         tunnel = cls(device, Interface(list(addresses), mtu=mtu, trust_checksums=True))
@@ -94,7 +115,7 @@ class Tunnel:
 
     def close(self) -> None:
         """Stop at once: connections are cut (their streams see ConnectionAbortedError),
-        since nothing can carry their last bytes or FIN any more."""
+        since nothing can carry their last bytes or FIN any more. Never raises."""
         for stream in list(self._streams):
             stream._shutdown()
         self._streams.clear()
@@ -239,8 +260,21 @@ class Tunnel:
 
     # ---------------------------------------------------------------- the API
 
+    def check_route(self, address: str) -> None:
+        """NoRouteError unless some peer's AllowedIPs contain `address` (an IP literal);
+        ValueError if it is none."""
+        packed = ipaddress.ip_address(address).packed
+        if self.device.allowed_ips.lookup(packed) is None:
+            raise NoRouteError(address)
+
     async def ping(self, address: str, timeout: float = 5.0, payload: bytes = b"") -> float:
-        """Round-trip time in seconds of one ICMP echo through the tunnel (TimeoutError)."""
+        """Round-trip time in seconds of one ICMP echo to `address` (an IP literal).
+
+        Raises TimeoutError when no answer comes within `timeout`, NoRouteError (an
+        OSError) at once when no peer's AllowedIPs contain `address`, OSError when the
+        interface has no address of its family, ValueError when it is no IP literal.
+        """
+        self.check_route(address)
         sock = IcmpSocket(self.iface)
         try:
             now = time.monotonic()
@@ -256,6 +290,9 @@ class Tunnel:
             sock.close()
 
     def udp_endpoint(self, port: int = 0, address: str | None = None) -> UdpEndpoint:
+        """A UDP socket on `port` (0: an ephemeral one) of the tunnel's addresses (or only
+        `address`). OSError EADDRINUSE when the port is taken, EADDRNOTAVAIL when
+        `address` is not one of the tunnel's."""
         return UdpEndpoint(self, UdpSocket(self.iface, port, address))
 
     def _kick(self, stream: _TcpTransport | TcpServer | None = None) -> None:
@@ -286,8 +323,12 @@ class Tunnel:
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A TCP connection through the tunnel to (host, port); `host` is an IP literal.
 
-        ConnectionRefusedError if the peer resets the SYN, TimeoutError if nothing answers.
+        Raises ConnectionRefusedError if the peer resets the SYN, TimeoutError if nothing
+        answers within `timeout`, NoRouteError (an OSError, errno ENOKEY) at once when no
+        peer's AllowedIPs contain `host`, OSError when the interface has no address of
+        its family, ValueError when `host` is no IP literal or `port` is not in 1..65535.
         """
+        self.check_route(host)
         now = time.monotonic()
         sock = tcpsock.connect(self.iface, (host, port), now)
         self._pump(now)
@@ -295,6 +336,10 @@ class Tunnel:
         try:
             while sock.state in (State.SYN_SENT, State.SYN_RECEIVED):
                 await self._wait_change(deadline)
+        except TimeoutError:
+            sock.abort()
+            self._kick()
+            raise TimeoutError(f"no answer from {host} port {port} in {timeout:g} s") from None
         except BaseException:
             sock.abort()
             self._kick()
@@ -317,7 +362,10 @@ class Tunnel:
         limit: int = 2**16,
     ) -> TcpServer:
         """Accept TCP connections on `port` of the tunnel's addresses (or only `host`),
-        calling `client_connected_cb(reader, writer)` for each, as `asyncio.start_server`."""
+        calling `client_connected_cb(reader, writer)` for each, as `asyncio.start_server`.
+
+        Raises OSError EADDRINUSE when the port is taken, EADDRNOTAVAIL when `host` is not
+        one of the tunnel's addresses."""
         listener = tcpsock.TcpListener(self.iface, port, host, backlog=backlog)
         server = TcpServer(self, listener, client_connected_cb, limit)
         self._streams[server] = None
@@ -363,6 +411,7 @@ class TcpServer:
             tunnel._attach(sock, protocol)
 
     def close(self) -> None:
+        """Stop accepting; connections already accepted go on. Never raises."""
         self.listener.close()
         self.tunnel._forget(self, self.listener)
 
@@ -569,10 +618,17 @@ class UdpEndpoint:
         return self.sock.port
 
     def sendto(self, payload: bytes, address: Endpoint) -> None:
+        """Send one datagram to (host, port), `host` an IP literal.
+
+        Raises NoRouteError (an OSError) when no peer's AllowedIPs contain the host,
+        OSError EMSGSIZE when it does not fit the MTU, EBADF once closed, ValueError for a
+        malformed address or port."""
+        self.tunnel.check_route(address[0])
         self.sock.send_to(payload, address)
         self.tunnel._pump(time.monotonic())
 
     async def recvfrom(self, timeout: float = 5.0) -> tuple[bytes, Endpoint]:
+        """The next datagram and its (host, port); TimeoutError if none within `timeout`."""
         deadline = time.monotonic() + timeout
         while True:
             got = self.sock.recv_from()
@@ -581,4 +637,5 @@ class UdpEndpoint:
             await self.tunnel._wait_change(deadline)
 
     def close(self) -> None:
+        """Release the port; `sendto` then raises OSError EBADF. Never raises."""
         self.sock.close()
