@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from test_uapi import FULL_CONFIG, GET, FakeHost, set_req
 
+from wiresnake.io import uapiserver
 from wiresnake.io.uapiserver import OUTPUT_MARK, STALL_TIMEOUT, UapiServer
 from wiresnake.io.uapisock import open_listener, socket_path
 from wiresnake.uapi import UapiSession
@@ -237,3 +238,29 @@ def test_a_failing_accept_pauses_accepting_without_spinning_or_stopping(
     else:
         raise AssertionError("the queued client was never served")
     assert rig.server.accepting
+
+
+def test_clients_never_take_the_descriptors_the_daemon_keeps_spare(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of descriptors, the daemon's own once failed (an ioctl socket each second) and
+    it died: clients are held to the limit less SPARE_FDS, the rest wait in the backlog."""
+    limit = rig.server._own_fds + uapiserver.SPARE_FDS + 2
+    monkeypatch.setattr(uapiserver, "_fd_limit", lambda: limit)
+    first, second, third = rig.connect(), rig.connect(), rig.connect()
+    third.setblocking(False)
+    third.sendall(GET)
+    for _ in range(3):
+        rig.loop.once(0.01)
+    assert len(rig.server.clients) == 2 and not rig.server.accepting
+    assert rig.loop.once(0.05) == 0  # the third does not wake the loop: no spinning
+    first.close()
+    for _ in range(50):
+        rig.loop.once(0.01)
+        with contextlib.suppress(BlockingIOError):
+            if third.recv(1 << 16) == rig.answer:
+                break
+    else:
+        raise AssertionError("the waiting client was never served")
+    assert len(rig.server.clients) == 2
+    second.close()

@@ -4,14 +4,19 @@ waiting on one: the loop also carries the tunnel.
 Answers go out by non-blocking sends as the socket takes them. A client's requests are
 read and answered a few at a time, and not at all while more than OUTPUT_MARK bytes of
 its answers wait, so a client that does not read costs a bounded buffer, never the loop's
-time; one that takes nothing for STALL_TIMEOUT seconds is dropped. When `accept` fails
-(no file descriptors left), accepting pauses until a client leaves or the next tick.
+time; one that takes nothing for STALL_TIMEOUT seconds is dropped. Clients never take the
+last SPARE_FDS descriptors the daemon may open (the loop needs some: a socket for an ioctl,
+new UDP sockets for a new port), and when `accept` fails all the same, accepting pauses
+until a client leaves or the next tick; it never ends the daemon.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
+import os
+import resource
 import select
 import socket
 import time
@@ -19,13 +24,35 @@ from collections.abc import Callable
 
 from wiresnake.uapi import UapiSession
 
-__all__ = ["ACCEPT_BATCH", "OUTPUT_MARK", "REQUESTS_PER_WAKE", "STALL_TIMEOUT", "UapiServer"]
+__all__ = [
+    "ACCEPT_BATCH",
+    "OUTPUT_MARK",
+    "REQUESTS_PER_WAKE",
+    "SPARE_FDS",
+    "STALL_TIMEOUT",
+    "UapiServer",
+]
 
 OUTPUT_MARK = 256 << 10
 REQUESTS_PER_WAKE = 16
 STALL_TIMEOUT = 5.0
 ACCEPT_BATCH = 64
+SPARE_FDS = 16
 _READ = 65536
+
+
+def _fd_limit() -> int:
+    """The soft RLIMIT_NOFILE, read at each accept: it may be changed under us (prlimit)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 30 if soft == resource.RLIM_INFINITY else soft
+
+
+def _open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
+
 
 Handler = Callable[[], None]
 
@@ -70,25 +97,27 @@ class UapiServer:
         self.clients: dict[int, _Client] = {}
         self.accepting = False
         self._last_failure: int | None = None
+        self._own_fds = 0  # the daemon's descriptors other than its clients'
 
     def start(self) -> None:
+        self._own_fds = _open_fds()
         self.accepting = True
         self._watch(self.listener.fileno(), self.on_accept, select.EPOLLIN)
 
     def on_accept(self) -> None:
-        for _ in range(ACCEPT_BATCH):
+        room = _fd_limit() - self._own_fds - SPARE_FDS - len(self.clients)
+        if room <= 0:
+            self._pause(
+                OSError(errno.EMFILE, f"{len(self.clients)} clients, no descriptor to spare")
+            )
+            return
+        for _ in range(min(room, ACCEPT_BATCH)):
             try:
                 conn, _ = self.listener.accept()
             except BlockingIOError:
                 return
             except OSError as e:
-                # EMFILE/ENFILE/ENOBUFS: the connection stays queued; it is taken when a
-                # client leaves or at the next tick, meanwhile the listener is not watched
-                if e.errno != self._last_failure:
-                    self._log(f"UAPI accept failed, pausing: {e}")
-                    self._last_failure = e.errno
-                self.accepting = False
-                self._unwatch(self.listener.fileno())
+                self._pause(e)
                 return
             self._last_failure = None
             conn.setblocking(False)
@@ -110,6 +139,15 @@ class UapiServer:
     def close(self) -> None:
         for client in list(self.clients.values()):
             self._drop(client, resume=False)
+
+    def _pause(self, e: OSError) -> None:
+        """Stop watching the listener: the connections stay queued in its backlog until a
+        client leaves or the next tick, and a failing accept is not retried in a spin."""
+        if e.errno != self._last_failure:
+            self._log(f"UAPI accept failed, pausing: {e}")
+            self._last_failure = e.errno
+        self.accepting = False
+        self._unwatch(self.listener.fileno())
 
     def _resume(self) -> None:
         if not self.accepting:
