@@ -264,6 +264,15 @@ class Daemon:
         self._wake_w.close()
 
 
+def _raise_fd_limit() -> None:
+    """The soft RLIMIT_NOFILE up to the hard one, as Go programs (wireguard-go) start: each
+    configuration client holds a descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 USAGE = "Usage: wiresnake [-f/--foreground] INTERFACE-NAME\n"
 # our own addition to wireguard-go's contract: the child writes a byte here once its
 # signal handlers are in place, so the parent returns only when a SIGTERM is handled
@@ -288,15 +297,6 @@ def _wait_ready(fd: int, timeout: float = 10.0) -> bool:
     finally:
         sel.close()
         os.close(fd)
-
-
-def _raise_fd_limit() -> None:
-    """The soft RLIMIT_NOFILE up to the hard one, as Go programs (wireguard-go) start: each
-    configuration client holds a descriptor."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        with contextlib.suppress(OSError, ValueError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def main(argv: list[str]) -> int:
