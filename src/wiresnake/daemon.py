@@ -171,6 +171,7 @@ class Daemon:
             self._wake_r.recv(4096)
 
     def _housekeeping(self) -> None:
+        self.uapi.tick(time.monotonic())
         try:
             mtu = self.tun.mtu()
         except TunGone:
@@ -183,7 +184,6 @@ class Daemon:
             inode = None
         if inode != self._sock_inode:
             self.stop("configuration socket removed")
-        self.uapi.tick(time.monotonic())
 
     def run(self) -> int:
         self._watch(self.tun.fd, self._on_tun)
