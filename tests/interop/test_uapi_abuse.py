@@ -27,6 +27,7 @@ from netlab import (
     SOCKET_DIR,
     NetLab,
     Pair,
+    pid_running,
     require_root_and_tools,
     socket_owners,
     wiresnake_cmd,
@@ -369,3 +370,23 @@ def test_the_soft_fd_limit_is_raised_to_the_hard_one(lab: NetLab, mode: str) -> 
     """As Go programs start (wireguard-go among them): each client holds a descriptor."""
     _, pid = start(lab, mode, "prlimit", "--nofile=64:4096", "--")
     assert open_files_limit(pid) == ("4096", "4096")
+
+
+@pytest.mark.parametrize("mark", ["0x80000000", "0xffffffff"])
+def test_a_fwmark_with_the_top_bit_set_is_applied(lab: NetLab, mark: str) -> None:
+    """Once the end of the daemon: setsockopt() takes a plain int only below 2**31, and
+    raised TypeError for a mark Go's ParseUint(value, 10, 32) takes."""
+    name, pid = start(lab, "foreground")
+    h = lab.hosts[-1]
+    h.wg("set", name, "fwmark", mark)
+    assert h.wg("show", name, "fwmark").strip() == mark
+    h.wg("set", name, "listen-port", "0")  # new sockets get it too
+    out = h.run("ss", "-ulnpeH").stdout
+    marks = {
+        m
+        for line in out.splitlines()
+        if f"pid={pid}," in line
+        for m in re.findall(r"fwmark:(\S+)", line)
+    }
+    assert marks == {mark}
+    assert pid_running(pid)

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import socket
+import struct
 import sys
 
 from wiresnake.protocol.peer import Endpoint
@@ -23,6 +24,11 @@ _GSO_MAX_BYTES = 65000
 
 def _gro_wanted() -> bool:
     return os.environ.get("WIRESNAKE_OFFLOAD", "1") != "0"
+
+
+def _set_mark(sock: socket.socket, mark: int) -> None:
+    # packed: setsockopt() takes a plain int only up to 2**31 - 1, and a mark has 32 bits
+    sock.setsockopt(socket.SOL_SOCKET, _SO_MARK, struct.pack("=I", mark))
 
 
 class UdpSockets:
@@ -51,7 +57,7 @@ class UdpSockets:
             if family == socket.AF_INET6:
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if self.fwmark:
-                s.setsockopt(socket.SOL_SOCKET, _SO_MARK, self.fwmark)
+                _set_mark(s, self.fwmark)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
             if _gro_wanted():
@@ -95,7 +101,7 @@ class UdpSockets:
 
     def set_fwmark(self, mark: int) -> None:
         for s in self.sockets():
-            s.setsockopt(socket.SOL_SOCKET, _SO_MARK, mark)
+            _set_mark(s, mark)
         self.fwmark = mark
 
     @staticmethod
