@@ -624,6 +624,46 @@ def test_bytes_that_are_not_utf8_are_einval_and_apply_nothing(line: bytes) -> No
     assert not s.closed
 
 
+SET_KEYS = [
+    "private_key",
+    "listen_port",
+    "fwmark",
+    "replace_peers",
+    "public_key",
+    "preshared_key",
+    "endpoint",
+    "persistent_keepalive_interval",
+    "replace_allowed_ips",
+    "allowed_ip",
+    "protocol_version",
+    "remove",
+    "update_only",
+]
+ANY_VALUE = st.one_of(
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n"), max_size=70),
+    st.from_regex(r"-?[0-9]{1,25}(/[0-9]{1,4})?", fullmatch=True),
+    st.integers(4290, 4500).map(lambda n: "1" * n),
+    st.sampled_from(["true", "1", "0", "-0/0", "[::1]:1", "1.2.3.4:0", "[fe80::1%1]:9", "::/0"]),
+    st.sampled_from([PEER1.hex(), ZERO, PSK.hex().upper()]),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    peer=st.booleans(),
+    lines=st.lists(st.tuples(st.sampled_from(SET_KEYS), ANY_VALUE), min_size=1, max_size=6),
+)
+def test_any_value_for_any_key_is_answered_never_raised(
+    peer: bool, lines: list[tuple[str, str]]
+) -> None:
+    s, _ = configured()
+    head = [f"public_key={PEER2.hex()}"] if peer else []
+    answer = s.feed(set_req(*head, *(f"{k}={v}" for k, v in lines)))
+    assert answer in (OK, EINVAL, EPROTO), answer
+    assert not s.closed
+    assert get(s).endswith("errno=0\n\n")
+
+
 # ----------------------------------------------------------------------------- the session
 
 
