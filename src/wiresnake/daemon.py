@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import select
 import selectors
 import signal
@@ -22,7 +23,8 @@ from collections.abc import Callable
 
 from wiresnake.io.busypoll import DEFAULT_WINDOW_US, BusyPoll, window_from_env
 from wiresnake.io.tun import Tun, TunGone, offload_mode
-from wiresnake.io.uapisock import SocketInUse, open_listener, socket_path
+from wiresnake.io.uapiserver import UapiServer
+from wiresnake.io.uapisock import SocketInUse, adopt_listener, open_listener, socket_path
 from wiresnake.io.udp import UdpSockets
 from wiresnake.protocol.device import Device, Output
 from wiresnake.reresolve import DaemonReresolve, stale_after_from_env
@@ -56,14 +58,6 @@ class Logger:
             self._write("ERROR", msg)
 
 
-class _Client:
-    __slots__ = ("session", "sock")
-
-    def __init__(self, sock: socket.socket, session: UapiSession) -> None:
-        self.sock = sock
-        self.session = session
-
-
 class Daemon:
     """Implements `uapi.UapiHost` for the sessions it serves."""
 
@@ -88,6 +82,14 @@ class Daemon:
         # fd -> handler; plain epoll, since selectors costs more per wake-up than the work
         self.epoll = select.epoll()
         self.handlers: dict[int, Callable[[], None]] = {}
+        self.uapi = UapiServer(
+            listener,
+            lambda: UapiSession(self, self.log.error),
+            self._watch,
+            self._modify,
+            self._unwatch,
+            self.log.error,
+        )
         self.busy = BusyPoll(busy_poll)
         self.reresolve = reresolve
         self.stopping = False
@@ -138,9 +140,12 @@ class Daemon:
             if refused:
                 self.device.counters["tunnel_write_failed"] += refused
 
-    def _watch(self, fd: int, handler: Callable[[], None]) -> None:
+    def _watch(self, fd: int, handler: Callable[[], None], events: int = select.EPOLLIN) -> None:
         self.handlers[fd] = handler
-        self.epoll.register(fd, select.EPOLLIN)
+        self.epoll.register(fd, events)
+
+    def _modify(self, fd: int, events: int) -> None:
+        self.epoll.modify(fd, events)
 
     def _unwatch(self, fd: int) -> None:
         self.handlers.pop(fd, None)
@@ -167,45 +172,12 @@ class Daemon:
 
         return read
 
-    def _on_accept(self) -> None:
-        try:
-            conn, _ = self.listener.accept()
-        except BlockingIOError:
-            return
-        except OSError as e:
-            self.log.error(f"UAPI listener failed: {e}")
-            self.stop("configuration socket failed")
-            return
-        conn.setblocking(False)
-        client = _Client(conn, UapiSession(self, self.log.error))
-        self._watch(conn.fileno(), lambda: self._on_client(client))
-
-    def _on_client(self, client: _Client) -> None:
-        try:
-            data = client.sock.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        reply = client.session.feed(data) if data else b""
-        if reply:
-            try:
-                # answers are small; a stalled reader only loses its own answer
-                client.sock.setblocking(True)
-                client.sock.settimeout(2.0)
-                client.sock.sendall(reply)
-                client.sock.setblocking(False)
-            except OSError:
-                client.session.closed = True
-        if not data or client.session.closed:
-            self._unwatch(client.sock.fileno())
-            client.sock.close()
-
     def _on_wake(self) -> None:
         with contextlib.suppress(OSError):
             self._wake_r.recv(4096)
 
     def _housekeeping(self) -> None:
+        self.uapi.tick(time.monotonic())
         try:
             mtu = self.tun.mtu()
         except TunGone:
@@ -223,7 +195,7 @@ class Daemon:
 
     def run(self) -> int:
         self._watch(self.tun.fd, self._on_tun)
-        self._watch(self.listener.fileno(), self._on_accept)
+        self.uapi.start()
         self._watch(self._wake_r.fileno(), self._on_wake)
         for s in self.udp.sockets():
             self._watch(s.fileno(), self._udp_reader(s))
@@ -286,6 +258,7 @@ class Daemon:
         return 0
 
     def close(self) -> None:
+        self.uapi.close()
         self.handlers.clear()
         self.epoll.close()
         self.udp.close()
@@ -297,6 +270,15 @@ class Daemon:
         self.tun.close()
         self._wake_r.close()
         self._wake_w.close()
+
+
+def _raise_fd_limit() -> None:
+    """The soft RLIMIT_NOFILE up to the hard one, as Go programs (wireguard-go) start: each
+    configuration client holds a descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 USAGE = "Usage: wiresnake [-f/--foreground] INTERFACE-NAME\n"
@@ -340,6 +322,7 @@ def main(argv: list[str], *, announce: bool = False) -> int:
     if os.environ.get("WG_PROCESS_FOREGROUND") == "1":
         foreground = True
     log = Logger(name)
+    _raise_fd_limit()
     try:
         busy_poll = window_from_env(os.environ)
         offload_mode()
@@ -357,11 +340,7 @@ def main(argv: list[str], *, announce: bool = False) -> int:
     log.iface = name
     try:
         uapi_fd = os.environ.get("WG_UAPI_FD")
-        if uapi_fd:
-            listener = socket.socket(fileno=int(uapi_fd))
-            listener.setblocking(False)
-        else:
-            listener = open_listener(name)
+        listener = adopt_listener(int(uapi_fd)) if uapi_fd else open_listener(name)
     except (OSError, ValueError, SocketInUse) as e:
         log.error(f"UAPI listen error: {e}")
         tun.close()

@@ -7,10 +7,15 @@ import errno
 import os
 import socket
 
-__all__ = ["SOCKET_DIR", "SocketInUse", "open_listener", "socket_path"]
+__all__ = ["BACKLOG", "SOCKET_DIR", "SocketInUse", "adopt_listener", "open_listener", "socket_path"]
 
 # WG_SOCKET_DIR moves it (our CLI honours it too); wg and wireguard-go use the default
 SOCKET_DIR = os.environ.get("WG_SOCKET_DIR", "/var/run/wireguard")
+
+
+# as wireguard-go (Go listens with net.core.somaxconn): the kernel caps this at that sysctl,
+# 4096 by default, so many `wg` started at once all get in
+BACKLOG = 4096
 
 
 class SocketInUse(Exception):
@@ -32,7 +37,7 @@ def open_listener(iface: str, directory: str = SOCKET_DIR) -> socket.socket:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.bind(path)
-                sock.listen(16)
+                sock.listen(BACKLOG)
                 sock.setblocking(False)
                 return sock
             except OSError as e:
@@ -52,3 +57,12 @@ def open_listener(iface: str, directory: str = SOCKET_DIR) -> socket.socket:
         raise SocketInUse(f"{path} could not be created")
     finally:
         os.umask(old_umask)
+
+
+def adopt_listener(fd: int) -> socket.socket:
+    """The listening socket a parent handed down (WG_UAPI_FD). Listening again sets our
+    backlog on it, whatever the parent chose."""
+    sock = socket.socket(fileno=fd)
+    sock.listen(BACKLOG)
+    sock.setblocking(False)
+    return sock

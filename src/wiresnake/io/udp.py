@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import socket
+import struct
 import sys
 
 from wiresnake.protocol.peer import Endpoint
@@ -64,6 +65,11 @@ def _with_local(endpoint: Endpoint, local: bytes) -> StickyEndpoint:
     return sticky
 
 
+def _set_mark(sock: socket.socket, mark: int) -> None:
+    # packed: setsockopt() takes a plain int only up to 2**31 - 1, and a mark has 32 bits
+    sock.setsockopt(socket.SOL_SOCKET, _SO_MARK, struct.pack("=I", mark))
+
+
 class UdpSockets:
     """Sockets for the device's listen port; port 0 picks a free one for both families.
 
@@ -92,7 +98,7 @@ class UdpSockets:
             if family == socket.AF_INET6:
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if self.fwmark:
-                s.setsockopt(socket.SOL_SOCKET, _SO_MARK, self.fwmark)
+                _set_mark(s, self.fwmark)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
             if _gro_wanted():
@@ -143,7 +149,7 @@ class UdpSockets:
 
     def set_fwmark(self, mark: int) -> None:
         for s in self.sockets():
-            s.setsockopt(socket.SOL_SOCKET, _SO_MARK, mark)
+            _set_mark(s, mark)
         self.fwmark = mark
 
     @staticmethod
