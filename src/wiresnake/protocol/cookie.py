@@ -21,13 +21,22 @@ from wiresnake.protocol.constants import (
 )
 from wiresnake.protocol.messages import CookieReply
 
-__all__ = ["CookieChecker", "CookieGenerator"]
+__all__ = ["MAX_ISSUED", "CookieChecker", "CookieGenerator", "mac2_matches"]
 
 _ZERO16 = bytes(16)
+# beyond this many sources sent a cookie under one secret, any source may hold one
+MAX_ISSUED = 1 << 16
+
+
+def mac2_matches(cookie: bytes, msg: bytes, mac1_offset: int) -> bool:
+    """Whether `msg` carries the MAC2 that `cookie` makes."""
+    mac2_offset = mac1_offset + 16
+    expected = mac(cookie, msg[:mac2_offset])
+    return _hmac.compare_digest(expected, msg[mac2_offset : mac2_offset + 16])
 
 
 class CookieChecker:
-    __slots__ = ("_cookie_key", "_mac1_key", "_rng", "_secret", "_secret_born")
+    __slots__ = ("_cookie_key", "_issued", "_mac1_key", "_rng", "_secret", "_secret_born")
 
     def __init__(self, public_key: bytes, rng: Callable[[int], bytes]) -> None:
         self._mac1_key = hash(LABEL_MAC1, public_key)
@@ -35,6 +44,8 @@ class CookieChecker:
         self._rng = rng
         self._secret = b""
         self._secret_born = float("-inf")
+        # the sources sent a cookie under the current secret: only they can hold a valid MAC2
+        self._issued: set[bytes] = set()
 
     def check_mac1(self, msg: bytes, mac1_offset: int) -> bool:
         expected = mac(self._mac1_key, msg[:mac1_offset])
@@ -45,11 +56,18 @@ class CookieChecker:
 
     def check_mac2(self, msg: bytes, mac1_offset: int, source: bytes, now: float) -> bool:
         """`source` is the sender's address bytes and port, as the cookie binds them."""
+        cookie = self.cookie_for(source, now)
+        return cookie is not None and mac2_matches(cookie, msg, mac1_offset)
+
+    def cookie_for(self, source: bytes, now: float) -> bytes | None:
+        """The cookie `source` holds if we sent it one, or None: none of our cookies is valid
+        now, or `source` was never sent one (or many were sent, and we did not keep track)."""
         if now - self._secret_born > COOKIE_REFRESH_TIME:
-            return False
-        mac2_offset = mac1_offset + 16
-        expected = mac(self._cookie(source), msg[:mac2_offset])
-        return _hmac.compare_digest(expected, msg[mac2_offset : mac2_offset + 16])
+            return None
+        issued = self._issued
+        if len(issued) < MAX_ISSUED and source not in issued:
+            return None
+        return self._cookie(source)
 
     def create_reply(
         self, msg: bytes, mac1_offset: int, sender_index: int, source: bytes, now: float
@@ -57,6 +75,9 @@ class CookieChecker:
         if now - self._secret_born > COOKIE_REFRESH_TIME:
             self._secret = self._rng(32)
             self._secret_born = now
+            self._issued = set()
+        if len(self._issued) < MAX_ISSUED:
+            self._issued.add(source)
         nonce = self._rng(24)
         mac1 = msg[mac1_offset : mac1_offset + 16]
         sealed = xaead_encrypt(self._cookie_key, nonce, self._cookie(source), mac1)
