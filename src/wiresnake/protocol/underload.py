@@ -3,9 +3,10 @@
 Under load, as in the kernel's receive.c, a handshake message earns the Diffie-Hellman work
 only with a valid MAC2, which proves that its source received our cookie, and then only
 within the ratelimit of its address; one with a valid MAC1 and no valid MAC2 earns a cookie
-reply. The kernel can afford to look at every message. Here one batch of received
-datagrams holds thousands when a flood arrives in GRO super-packets, so the work per batch
-is bounded per source and in total, in a way that never costs an honest peer its turn:
+reply. The kernel looks at every message that fits in its handshake queue. Here one batch
+of received datagrams holds thousands when a flood arrives in GRO super-packets, so the
+work per batch is bounded per source and in total, in a way that never costs an honest
+peer its turn:
 
 - At most `READ_PER_SOURCE` messages of each source (address and port) are read per batch;
   the rest of a GRO run is never even sliced out. An honest peer sends one handshake
@@ -13,12 +14,16 @@ is bounded per source and in total, in a way that never costs an honest peer its
 - MAC2 is checked only where it can be valid: the source was sent a cookie under the
   current secret, and the MAC2 is not all zero.
 - Every MAC2-valid message is set aside before any budget is spent; at most
-  `UNDER_LOAD_HANDSHAKES_PER_BATCH` of them get Diffie-Hellman, in arrival order, each
+  `UNDER_LOAD_HANDSHAKES_PER_BATCH` of them get Diffie-Hellman, in the batch's order, each
   within its address's ratelimit. An unproven message never takes a proven one's place.
 - A cookie reply (an XChaCha20-Poly1305 seal) goes out within a token bucket per source, and
   at most `COOKIE_REPLIES_PER_BATCH` per batch, from a budget of their own. A quiet source,
   such as a peer that just started, has a full bucket and is answered; a source flooding
   us has spent its tokens and costs no MAC1 check.
+
+The price of bounds per source: an attacker who spoofs an honest peer's exact address and
+port (not just its address) can crowd that peer's messages out of a batch or spend its
+cookie tokens; one who can do that can usually drop its packets as well.
 """
 
 from __future__ import annotations
@@ -72,7 +77,7 @@ class UnderLoad:
         replies: list[tuple[Endpoint, bytes]],
         counters: Counter[str],
     ) -> list[tuple[Endpoint, bytes]]:
-        """The messages of `runs` that get Diffie-Hellman, in arrival order; cookie replies
+        """The messages of `runs` that get Diffie-Hellman, in their order; cookie replies
         are appended to `replies`. A run is (source, data, size): well-framed initiations or
         responses of that size glued together, read only as far as its source is allowed."""
         reads: dict[Endpoint, int] = {}
