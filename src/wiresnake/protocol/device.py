@@ -3,9 +3,9 @@
 Three inputs drive it, each with the current monotonic time and each answering with an
 `Output` of effects: `from_tunnel(packets, now)` (plaintext IP packets to send),
 `from_network(datagrams, now)` (UDP payloads with their source) and `tick(now)` (timers).
-`next_deadline()` says when `tick` is next needed. `from_network_runs` is
-`from_network` for UDP_GRO reads, which it takes whole. Configuration changes take effect at
-once; any traffic they cause (a persistent keepalive switched on) leaves on the next tick.
+`next_deadline()` says when `tick` is next needed; `from_network_runs` is `from_network`
+for UDP_GRO reads, taken whole. Configuration changes take effect at once; any traffic
+they cause (a persistent keepalive switched on) leaves on the next tick.
 
 Nothing here touches a socket, a file or a clock. Randomness comes from `rng` and wall
 time (TAI64N timestamps, last-handshake times) is `now + wall_offset`, so two engines can
