@@ -10,6 +10,7 @@ from lab import Host, Lab
 
 from wiresnake.crypto import hash, mac
 from wiresnake.protocol.constants import (
+    COOKIE_REFRESH_TIME,
     COOKIE_REPLIES_PER_BATCH,
     LABEL_MAC1,
     READ_PER_SOURCE,
@@ -206,3 +207,20 @@ def test_a_flood_with_bad_mac1_costs_no_cookie_and_no_token() -> None:
     rnd = random.Random(8)
     out = v.device.from_network([(src, flood_initiation(v, rnd, bytes(16)))], lab.now).datagrams
     assert len(answers(out, COOKIE, src)) == 1
+
+
+def test_a_cookie_outlives_neither_its_secret_nor_a_new_one() -> None:
+    lab = Lab()
+    v = victim(lab)
+    a, init = proven_initiation(lab, v, "a", 1)
+    rnd = random.Random(9)
+    later = lab.now + COOKIE_REFRESH_TIME + 1
+    # the secret has expired: the MAC2 proves nothing, and a's message earns a new cookie
+    out = v.device.from_network([(a.endpoint, init)], later).datagrams
+    assert not answers(out, RESP) and len(answers(out, COOKIE, a.endpoint)) == 1
+    # that reply drew a new secret; a MAC2 made with the old cookie is still refused
+    other = ("203.0.113.7", 4000)
+    out = v.device.from_network([(other, flood_initiation(v, rnd, bytes(16)))], later)
+    assert len(answers(out.datagrams, COOKIE, other)) == 1
+    out = v.device.from_network([(a.endpoint, init)], later + 1).datagrams
+    assert not answers(out, RESP)

@@ -21,11 +21,9 @@ from wiresnake.protocol.constants import (
 )
 from wiresnake.protocol.messages import CookieReply
 
-__all__ = ["MAX_ISSUED", "CookieChecker", "CookieGenerator", "mac2_matches"]
+__all__ = ["CookieChecker", "CookieGenerator", "mac2_matches"]
 
 _ZERO16 = bytes(16)
-# beyond this many sources sent a cookie under one secret, any source may hold one
-MAX_ISSUED = 1 << 16
 
 
 def mac2_matches(cookie: bytes, msg: bytes, mac1_offset: int) -> bool:
@@ -36,7 +34,7 @@ def mac2_matches(cookie: bytes, msg: bytes, mac1_offset: int) -> bool:
 
 
 class CookieChecker:
-    __slots__ = ("_cookie_key", "_issued", "_mac1_key", "_rng", "_secret", "_secret_born")
+    __slots__ = ("_cookie_key", "_mac1_key", "_rng", "_secret", "_secret_born")
 
     def __init__(self, public_key: bytes, rng: Callable[[int], bytes]) -> None:
         self._mac1_key = hash(LABEL_MAC1, public_key)
@@ -44,8 +42,6 @@ class CookieChecker:
         self._rng = rng
         self._secret = b""
         self._secret_born = float("-inf")
-        # the sources sent a cookie under the current secret: only they can hold a valid MAC2
-        self._issued: set[bytes] = set()
 
     def check_mac1(self, msg: bytes, mac1_offset: int) -> bool:
         expected = mac(self._mac1_key, msg[:mac1_offset])
@@ -60,14 +56,15 @@ class CookieChecker:
         return cookie is not None and mac2_matches(cookie, msg, mac1_offset)
 
     def cookie_for(self, source: bytes, now: float) -> bytes | None:
-        """The cookie `source` holds if we sent it one, or None: none of our cookies is valid
-        now, or `source` was never sent one (or many were sent, and we did not keep track)."""
+        """The cookie `source` holds if we sent it one, or None if none of ours is valid now."""
         if now - self._secret_born > COOKIE_REFRESH_TIME:
             return None
-        issued = self._issued
-        if len(issued) < MAX_ISSUED and source not in issued:
-            return None
         return self._cookie(source)
+
+    @property
+    def secret_born(self) -> float:
+        """When the secret that cookies are made from was drawn: a new one voids them all."""
+        return self._secret_born
 
     def create_reply(
         self, msg: bytes, mac1_offset: int, sender_index: int, source: bytes, now: float
@@ -75,9 +72,6 @@ class CookieChecker:
         if now - self._secret_born > COOKIE_REFRESH_TIME:
             self._secret = self._rng(32)
             self._secret_born = now
-            self._issued = set()
-        if len(self._issued) < MAX_ISSUED:
-            self._issued.add(source)
         nonce = self._rng(24)
         mac1 = msg[mac1_offset : mac1_offset + 16]
         sealed = xaead_encrypt(self._cookie_key, nonce, self._cookie(source), mac1)

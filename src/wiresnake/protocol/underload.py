@@ -46,9 +46,11 @@ from wiresnake.protocol.messages import (
 from wiresnake.protocol.peer import Endpoint
 from wiresnake.protocol.ratelimiter import Ratelimiter
 
-__all__ = ["UnderLoad", "address_bytes"]
+__all__ = ["MAX_ISSUED", "UnderLoad", "address_bytes"]
 
 _ZERO16 = bytes(16)
+# past this many sources sent a cookie under one secret, they are no longer told apart
+MAX_ISSUED = 1 << 16
 _MAC1_OFFSETS = {TYPE_INITIATION: INITIATION_MAC1_OFFSET, TYPE_RESPONSE: RESPONSE_MAC1_OFFSET}
 _UNSET = b"unset"
 
@@ -61,12 +63,16 @@ def address_bytes(endpoint: Endpoint) -> bytes:
 class UnderLoad:
     """The sorting of handshake batches under load, and the cookie replies' buckets."""
 
-    __slots__ = ("cookie_replies",)
+    __slots__ = ("_issued", "_issued_by", "cookie_replies")
 
     def __init__(self) -> None:
         # keyed by address and port; full, it lets new sources through, since the cap per
         # batch bounds the work anyway and a new source must not be refused its cookie
         self.cookie_replies = Ratelimiter(admit_when_full=True)
+        # the sources sent a cookie under the checker's current secret: only they can hold
+        # a valid MAC2 (past MAX_ISSUED of them, any source may)
+        self._issued: set[Endpoint] = set()
+        self._issued_by: tuple[CookieChecker, float] | None = None
 
     def sort(
         self,
@@ -83,6 +89,10 @@ class UnderLoad:
         reads: dict[Endpoint, int] = {}
         proven: list[tuple[Endpoint, bytes, bytes]] = []
         buckets = self.cookie_replies
+        issued = self._issued
+        if self._issued_by != (checker, checker.secret_born):
+            issued.clear()  # a new key, or a new secret: every cookie sent is void
+        everyone = len(issued) >= MAX_ISSUED
         sent = unread = withheld = 0
         for src, run, size in runs:
             count = len(run) // size
@@ -99,7 +109,7 @@ class UnderLoad:
             cookie: bytes | None = _UNSET
             for at in range(0, allowed * size, size):
                 data = run if size == len(run) else run[at : at + size]
-                maybe_mac2 = data[mac2_at : mac2_at + 16] != _ZERO16
+                maybe_mac2 = data[mac2_at : mac2_at + 16] != _ZERO16 and (everyone or src in issued)
                 if not maybe_mac2 and sent >= COOKIE_REPLIES_PER_BATCH:
                     withheld += 1
                     continue
@@ -125,9 +135,15 @@ class UnderLoad:
                 else:
                     buckets.take(source, now)
                     sender = int.from_bytes(data[4:8], "little")
+                    born = checker.secret_born
                     reply = checker.create_reply(data, mac1_offset, sender, source, now)
+                    if checker.secret_born != born:
+                        issued.clear()
+                    if len(issued) < MAX_ISSUED:
+                        issued.add(src)
                     replies.append((src, reply))
                     sent += 1
+        self._issued_by = (checker, checker.secret_born)
         admitted: list[tuple[Endpoint, bytes]] = []
         for src, data, address in proven:
             if len(admitted) >= UNDER_LOAD_HANDSHAKES_PER_BATCH:
