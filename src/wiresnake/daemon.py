@@ -163,10 +163,10 @@ class Daemon:
 
     def _udp_reader(self, sock: socket.socket) -> Callable[[], None]:
         def read() -> None:
-            datagrams = UdpSockets.recv_batch(sock)
-            if datagrams:
+            runs = UdpSockets.recv_runs(sock)
+            if runs:
                 try:
-                    self._act(self.device.from_network(datagrams, time.monotonic()))
+                    self._act(self.device.from_network_runs(runs, time.monotonic()))
                 except TunGone:
                     self.stop("interface deleted")
 

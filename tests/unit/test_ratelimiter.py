@@ -254,3 +254,27 @@ def test_matches_kernel_model(start_ms: int, steps: list[tuple[int, int]]) -> No
         now_ms += dt_ms
         ip = _sources[src]
         assert rl.allow(ip, now_ms / 1000) == model.allow(ip, Fraction(now_ms, 1000))
+
+
+def test_ready_says_what_take_would_do_and_charges_nothing() -> None:
+    rl = Ratelimiter()
+    key = b"\x0a\x00\x00\x01\x13\x88"  # an address and a port: any key is used as it is
+    for _ in range(100):
+        assert rl.ready(key, 0.0)
+    for _ in range(PACKETS_BURSTABLE):
+        assert rl.take(key, 0.0)
+    assert not rl.ready(key, 0.0) and not rl.take(key, 0.0)
+    assert rl.ready(key, COST) and rl.take(key, COST)
+    # keys are not folded: the same address with another port has a bucket of its own
+    assert rl.take(key[:4] + b"\x00\x01", COST)
+
+
+def test_a_full_table_refuses_new_keys_unless_told_to_admit_them() -> None:
+    strict, lenient = Ratelimiter(2), Ratelimiter(2, admit_when_full=True)
+    for rl in (strict, lenient):
+        assert rl.take(b"a", 0.0) and rl.take(b"b", 0.0)
+    assert not strict.ready(b"c", 0.0) and not strict.take(b"c", 0.0)
+    assert lenient.ready(b"c", 0.0)
+    for _ in range(10):
+        assert lenient.take(b"c", 0.0)  # let through, and not tracked
+    assert len(lenient) == 2

@@ -26,6 +26,18 @@ _CMSG_SPACE = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(20)
 _SOURCE_GONE = (errno.EINVAL, errno.ENETUNREACH, errno.EADDRNOTAVAIL)
 _UDP_MAX_SEGMENTS = 64
 _GSO_MAX_BYTES = 65000
+_SO_RCVBUFFORCE = 33
+# room for a burst: a flood that outruns us a moment must not overflow the queue, since
+# the kernel then drops at random, an honest peer's handshake as soon as the flood's
+_RCVBUF = 4 << 20  # the kernel doubles it
+
+
+def _set_receive_buffer(s: socket.socket, size: int) -> None:
+    """Past net.core.rmem_max where we may (CAP_NET_ADMIN), as wireguard-go does."""
+    try:
+        s.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, size)
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
 def _gro_wanted() -> bool:
@@ -99,7 +111,7 @@ class UdpSockets:
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if self.fwmark:
                 _set_mark(s, self.fwmark)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            _set_receive_buffer(s, _RCVBUF)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
             if _gro_wanted():
                 with contextlib.suppress(OSError):  # older kernels: one datagram per read
@@ -161,11 +173,22 @@ class UdpSockets:
 
     @staticmethod
     def recv_batch(sock: socket.socket, limit: int = 64) -> list[tuple[Endpoint, bytes]]:
-        """Up to `limit` reads without blocking. With UDP_GRO on, one read may return many
-        datagrams of one sender glued together, with their size in a control message.
-        With packet info on, each source is a `StickyEndpoint` naming the address the
-        datagram was sent to."""
+        """Up to `limit` reads without blocking, as single datagrams. With packet info on,
+        each source is a `StickyEndpoint` naming the address the datagram was sent to."""
         out: list[tuple[Endpoint, bytes]] = []
+        for endpoint, data, size in UdpSockets.recv_runs(sock, limit):
+            if size and len(data) > size:
+                out.extend((endpoint, data[k : k + size]) for k in range(0, len(data), size))
+            else:
+                out.append((endpoint, data))
+        return out
+
+    @staticmethod
+    def recv_runs(sock: socket.socket, limit: int = 64) -> list[tuple[Endpoint, bytes, int]]:
+        """Up to `limit` reads without blocking, each as (source, data, segment size). With
+        UDP_GRO on, one read may return many datagrams of one sender glued together, all of
+        that size but the last; the size is 0 for a read of one datagram."""
+        out: list[tuple[Endpoint, bytes, int]] = []
         recv = sock.recvmsg
         v6 = sock.family == socket.AF_INET6
         try:
@@ -183,10 +206,7 @@ class UdpSockets:
                         endpoint = _with_local(endpoint, value[:16])
                     elif kind == _IP_PKTINFO and level == socket.IPPROTO_IP:
                         endpoint = _with_local(endpoint, value[8:12])  # the header's dst
-                if size and len(data) > size:
-                    out.extend((endpoint, data[k : k + size]) for k in range(0, len(data), size))
-                else:
-                    out.append((endpoint, data))
+                out.append((endpoint, data, size if len(data) > size else 0))
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:

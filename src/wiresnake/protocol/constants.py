@@ -27,11 +27,15 @@ UNDER_LOAD_AFTER_TIME = 1.0
 # The reference is under load while 1/8 of its 1024-deep handshake queue is full; with no
 # queue here, that becomes this many handshake messages within one second.
 UNDER_LOAD_HANDSHAKES = 1024 // 8
-# handshake messages past this many in one batch of received datagrams are dropped unread,
-# as the reference drops them when its handshake queue is full: a flood costs little more
-# than its reads, and transport packets in the same batches still get through
+# not under load, handshake messages past this many in one batch of received datagrams are
+# dropped unread, as the reference drops them when its handshake queue is full (past this
+# many, the batch puts the device under load anyway)
 HANDSHAKES_PER_BATCH = 16
-# under load, at most this many (so at most this many cookie replies) per batch
+# under load (see underload.py), per batch: at most this many MAC2-valid messages get
+# Diffie-Hellman, at most this many cookie replies go out, and at most this many messages
+# of one source are read
 UNDER_LOAD_HANDSHAKES_PER_BATCH = 8
+COOKIE_REPLIES_PER_BATCH = 8
+READ_PER_SOURCE = 4
 PADDING_MULTIPLE = 16
 DEFAULT_MTU = 1420

@@ -21,9 +21,16 @@ from wiresnake.protocol.constants import (
 )
 from wiresnake.protocol.messages import CookieReply
 
-__all__ = ["CookieChecker", "CookieGenerator"]
+__all__ = ["CookieChecker", "CookieGenerator", "mac2_matches"]
 
 _ZERO16 = bytes(16)
+
+
+def mac2_matches(cookie: bytes, msg: bytes, mac1_offset: int) -> bool:
+    """Whether `msg` carries the MAC2 that `cookie` makes."""
+    mac2_offset = mac1_offset + 16
+    expected = mac(cookie, msg[:mac2_offset])
+    return _hmac.compare_digest(expected, msg[mac2_offset : mac2_offset + 16])
 
 
 class CookieChecker:
@@ -45,11 +52,19 @@ class CookieChecker:
 
     def check_mac2(self, msg: bytes, mac1_offset: int, source: bytes, now: float) -> bool:
         """`source` is the sender's address bytes and port, as the cookie binds them."""
+        cookie = self.cookie_for(source, now)
+        return cookie is not None and mac2_matches(cookie, msg, mac1_offset)
+
+    def cookie_for(self, source: bytes, now: float) -> bytes | None:
+        """The cookie `source` holds if we sent it one, or None if none of ours is valid now."""
         if now - self._secret_born > COOKIE_REFRESH_TIME:
-            return False
-        mac2_offset = mac1_offset + 16
-        expected = mac(self._cookie(source), msg[:mac2_offset])
-        return _hmac.compare_digest(expected, msg[mac2_offset : mac2_offset + 16])
+            return None
+        return self._cookie(source)
+
+    @property
+    def secret_born(self) -> float:
+        """When the secret that cookies are made from was drawn: a new one voids them all."""
+        return self._secret_born
 
     def create_reply(
         self, msg: bytes, mac1_offset: int, sender_index: int, source: bytes, now: float

@@ -3,8 +3,9 @@
 Three inputs drive it, each with the current monotonic time and each answering with an
 `Output` of effects: `from_tunnel(packets, now)` (plaintext IP packets to send),
 `from_network(datagrams, now)` (UDP payloads with their source) and `tick(now)` (timers).
-`next_deadline()` says when `tick` is next needed. Configuration changes take effect at
-once; any traffic they cause (a persistent keepalive switched on) leaves on the next tick.
+`next_deadline()` says when `tick` is next needed; `from_network_runs` is `from_network`
+for UDP_GRO reads, taken whole. Configuration changes take effect at once; any traffic
+they cause (a persistent keepalive switched on) leaves on the next tick.
 
 Nothing here touches a socket, a file or a clock. Randomness comes from `rng` and wall
 time (TAI64N timestamps, last-handshake times) is `now + wall_offset`, so two engines can
@@ -18,7 +19,6 @@ import itertools
 import operator
 import os
 import random
-import socket
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -52,7 +52,6 @@ from wiresnake.protocol.constants import (
     REKEY_TIMEOUT,
     UNDER_LOAD_AFTER_TIME,
     UNDER_LOAD_HANDSHAKES,
-    UNDER_LOAD_HANDSHAKES_PER_BATCH,
     ZERO_KEYS_AFTER,
 )
 from wiresnake.protocol.cookie import CookieChecker
@@ -78,10 +77,13 @@ from wiresnake.protocol.peer import Endpoint, Peer
 from wiresnake.protocol.ratelimiter import Ratelimiter
 from wiresnake.protocol.replay import ReplayWindow
 from wiresnake.protocol.settings import DeviceConfig, Network, PeerConfig
+from wiresnake.protocol.underload import UnderLoad
 
-__all__ = ["Datagram", "Device", "Output"]
+__all__ = ["Datagram", "Device", "Output", "Run"]
 
 Datagram = tuple[Endpoint, bytes]
+# datagrams of one source, all of one size, glued together: (source, data, size)
+Run = tuple[Endpoint, bytes, int]
 _COOKIE_TYPE = bytes([TYPE_COOKIE_REPLY])
 
 _PAD = bytes(PADDING_MULTIPLE)
@@ -100,6 +102,7 @@ _UNPACK_V6 = struct.Struct("!4xH2x16s").unpack_from
 _NO_PEER = Peer(bytes(32))
 _NO_AEAD = ChaCha20Poly1305(bytes(32))
 _NO_PEER_REPLAY = ReplayWindow()
+_MAC1_OFFSETS = {TYPE_INITIATION: INITIATION_MAC1_OFFSET, TYPE_RESPONSE: RESPONSE_MAC1_OFFSET}
 _HANDSHAKE_SIZES = {
     TYPE_INITIATION.to_bytes(4, "little"): INITIATION_SIZE,
     TYPE_RESPONSE.to_bytes(4, "little"): RESPONSE_SIZE,
@@ -108,6 +111,30 @@ _HANDSHAKE_SIZES = {
 # after this long without new keys, an initiator refreshes them on receive so the session
 # does not expire while only the responder is sending (section 6.2)
 _REKEY_ON_RECEIVE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
+
+
+def _uniform(data: bytes, size: int) -> bool:
+    """Whether every `size`-byte segment of `data` starts with the same handshake type
+    as the first (a type is one byte and three zeros)."""
+    count = len(data) // size
+    zeros = bytes(count)
+    return (
+        data[0::size] == data[:1] * count
+        and data[1::size] == zeros
+        and data[2::size] == zeros
+        and data[3::size] == zeros
+    )
+
+
+def _first_messages(runs: list[Run], limit: int) -> list[Datagram]:
+    """The first `limit` messages of `runs`, sliced out."""
+    out: list[Datagram] = []
+    for src, data, size in runs:
+        for k in range(0, len(data), size):
+            if len(out) >= limit:
+                return out
+            out.append((src, data[k : k + size]))
+    return out
 
 
 @dataclass(slots=True)
@@ -119,11 +146,6 @@ class Output:
 
     def __bool__(self) -> bool:
         return bool(self.datagrams or self.packets)
-
-
-def _address_bytes(endpoint: Endpoint) -> bytes:
-    host = endpoint[0]
-    return socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
 
 
 class Device:
@@ -143,6 +165,7 @@ class Device:
         self.under_load_handshakes = under_load_handshakes
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
         self.ratelimiter = Ratelimiter()
+        self._under_load = UnderLoad()
         # why datagrams and packets were dropped, and other events worth counting
         self.counters: Counter[str] = Counter()
         self._rng = rng
@@ -449,16 +472,40 @@ class Device:
     # ------------------------------------------------------------------ incoming data
 
     def from_network(self, datagrams: Iterable[Datagram], now: float) -> Output:
-        out = Output()
         if not isinstance(datagrams, list):
             datagrams = list(datagrams)
+        return self._receive(datagrams, [], now)
+
+    def from_network_runs(self, runs: Iterable[Run], now: float) -> Output:
+        """As `from_network`, for what UDP_GRO reads return: (source, data, segment size),
+        `data` being datagrams of one source glued together, all of that size but the
+        last (size 0: one datagram). A run made only of handshake messages of one type
+        stays whole, so that under a flood the handshake path slices out only the few
+        messages each source is allowed (see underload.py)."""
+        datagrams: list[Datagram] = []
+        handshakes: list[Run] = []
+        for src, data, size in runs:
+            n = len(data)
+            if not 0 < size < n:
+                datagrams.append((src, data))
+            elif n % size == 0 and _HANDSHAKE_SIZES.get(data[:4]) == size and _uniform(data, size):
+                handshakes.append((src, data, size))
+            else:
+                datagrams.extend((src, data[k : k + size]) for k in range(0, n, size))
+        return self._receive(datagrams, handshakes, now)
+
+    def _receive(self, datagrams: list[Datagram], handshakes: list[Run], now: float) -> Output:
+        """`handshakes` holds whole handshake runs already; the ones found among
+        `datagrams` join them, as runs of one."""
+        out = Output()
         if len(datagrams) >= _BULK_MIN and self._bulk(datagrams, now, out):
+            if handshakes:
+                self._handshake_batch(handshakes, now, out)
             return out
         packets = out.packets
         keypairs = self._keypairs
         counters = self.counters
         lookup = self.allowed_ips.lookup
-        handshakes: list[Datagram] = []
         # peer -> [source of its latest packet, whether data arrived]
         seen: dict[Peer, list[Any]] = {}
         # state of the current run of packets on one keypair from one source
@@ -482,10 +529,8 @@ class Device:
                 # towards load, as the reference checks sizes before queueing them
                 if _HANDSHAKE_SIZES.get(data[:4]) != n:
                     counters["malformed"] += 1
-                elif len(handshakes) < HANDSHAKES_PER_BATCH:
-                    handshakes.append((src, data))
                 else:
-                    counters["handshake_dropped"] += 1  # like a full handshake queue
+                    handshakes.append((src, data, n))  # the handshake path bounds its work
                 continue
             if index != last_index:
                 kp = keypairs.get(index)
@@ -665,74 +710,61 @@ class Device:
 
     # ------------------------------------------------------------------ handshakes
 
-    def _handshake_batch(self, batch: list[Datagram], now: float, out: Output) -> None:
+    def _handshake_batch(self, runs: list[Run], now: float, out: Output) -> None:
+        total = sum(len(data) // size for _, data, size in runs)
         if now - self._load_window_start >= 1.0:
             self._load_window_start = now
             self._load_count = 0
-        self._load_count += len(batch)
+        self._load_count += total
         if self._load_count >= self.under_load_handshakes:
             self._under_load_until = now + UNDER_LOAD_AFTER_TIME
-        under_load = now < self._under_load_until
-        # under load, the messages past the cap are dropped unread: cookie replies are the
-        # dear part of a flood, and a few per batch keep the loop reading transport
-        if under_load and len(batch) > UNDER_LOAD_HANDSHAKES_PER_BATCH:
-            self.counters["handshake_dropped"] += len(batch) - UNDER_LOAD_HANDSHAKES_PER_BATCH
-            batch = batch[:UNDER_LOAD_HANDSHAKES_PER_BATCH]
-        for src, data in batch:
-            kind = data[0]
-            try:
-                if kind == TYPE_INITIATION:
-                    self._on_initiation(src, data, now, under_load, out)
-                elif kind == TYPE_RESPONSE:
-                    self._on_response(src, data, now, under_load, out)
-                else:
-                    self._on_cookie_reply(data, now)
-            except MessageError:
-                self.counters["malformed"] += 1
-
-    def _admit(
-        self,
-        src: Endpoint,
-        data: bytes,
-        mac1_offset: int,
-        sender: int,
-        now: float,
-        under_load: bool,
-        out: Output,
-    ) -> bool:
-        """MAC1 always; under load MAC2 (else a cookie reply) and the per-source ratelimit."""
         checker = self._checker
-        if checker is None:
-            self.counters["no_private_key"] += 1
-            return False
-        if not checker.check_mac1(data, mac1_offset):
-            self.counters["bad_mac1"] += 1
-            return False
-        if not under_load:
-            return True
-        try:
-            address = _address_bytes(src)
-        except (OSError, ValueError):
-            self.counters["malformed"] += 1
-            return False
-        source = address + src[1].to_bytes(2, "big")
-        if not checker.check_mac2(data, mac1_offset, source, now):
-            out.datagrams.append(
-                (src, checker.create_reply(data, mac1_offset, sender, source, now))
-            )
-            self.counters["cookie_reply_sent"] += 1
-            return False
-        if not self.ratelimiter.allow(address, now):
-            self.counters["ratelimited"] += 1
-            return False
-        return True
-
-    def _on_initiation(
-        self, src: Endpoint, data: bytes, now: float, under_load: bool, out: Output
-    ) -> None:
-        msg = parse_initiation(data)
-        if not self._admit(src, data, INITIATION_MAC1_OFFSET, msg.sender, now, under_load, out):
+        if now >= self._under_load_until or checker is None:
+            # past the first few the rest are dropped unread, like a full handshake queue
+            batch = _first_messages(runs, HANDSHAKES_PER_BATCH)
+            if total > len(batch):
+                self.counters["handshake_dropped"] += total - len(batch)
+            for src, data in batch:
+                kind = data[0]
+                if kind == TYPE_COOKIE_REPLY:
+                    self._handshake(src, data, now, out)
+                elif checker is None:
+                    self.counters["no_private_key"] += 1
+                elif checker.check_mac1(data, _MAC1_OFFSETS[kind]):
+                    self._handshake(src, data, now, out)
+                else:
+                    self.counters["bad_mac1"] += 1
             return
+        # under load: MAC2 first (see underload.py); cookie replies to us need no proof
+        cookie_runs = [r for r in runs if r[1][0] == TYPE_COOKIE_REPLY]
+        cookies: list[Datagram] = []
+        if cookie_runs:
+            runs = [r for r in runs if r[1][0] != TYPE_COOKIE_REPLY]
+            cookies = _first_messages(cookie_runs, HANDSHAKES_PER_BATCH)
+            dropped = sum(len(data) // size for _, data, size in cookie_runs) - len(cookies)
+            if dropped:
+                self.counters["handshake_dropped"] += dropped
+        admitted = self._under_load.sort(
+            runs, checker, self.ratelimiter, now, out.datagrams, self.counters
+        )
+        for src, data in cookies + admitted:
+            self._handshake(src, data, now, out)
+
+    def _handshake(self, src: Endpoint, data: bytes, now: float, out: Output) -> None:
+        """One admitted handshake message: MAC1 (and under load MAC2) already checked."""
+        kind = data[0]
+        try:
+            if kind == TYPE_INITIATION:
+                self._on_initiation(src, data, now, out)
+            elif kind == TYPE_RESPONSE:
+                self._on_response(src, data, now, out)
+            else:
+                self._on_cookie_reply(data, now)
+        except MessageError:
+            self.counters["malformed"] += 1
+
+    def _on_initiation(self, src: Endpoint, data: bytes, now: float, out: Output) -> None:
+        msg = parse_initiation(data)
         assert self._static is not None
         opened = open_initiation(msg, self._static, self._own_hash)
         if opened is None:
@@ -776,12 +808,8 @@ class Device:
         self._send_raw(peer, bytes(response), out)
         self._reschedule(peer)
 
-    def _on_response(
-        self, src: Endpoint, data: bytes, now: float, under_load: bool, out: Output
-    ) -> None:
+    def _on_response(self, src: Endpoint, data: bytes, now: float, out: Output) -> None:
         msg = parse_response(data)
-        if not self._admit(src, data, RESPONSE_MAC1_OFFSET, msg.sender, now, under_load, out):
-            return
         assert self._static is not None
         peer = self._handshakes.get(msg.receiver)
         if peer is None:

@@ -7,6 +7,10 @@ seconds) and kept internally as integer nanoseconds, as the kernel does, so that
 exactly one packet cost are never lost to float rounding.  Buckets idle for more than a
 second are full again and carry no state, so they are dropped; the table is capped, and new
 sources are refused while it is full, so memory stays bounded under a spoofed-source flood.
+
+`take` and `ready` name a bucket by any key as it is (a cookie reply's is the address and port
+it goes to); a table built with `admit_when_full` lets new keys through untracked while full,
+for a limit whose work something else bounds as well.
 """
 
 from __future__ import annotations
@@ -27,12 +31,15 @@ _IDLE_AFTER = _NSEC_PER_SEC
 class Ratelimiter:
     """Token buckets keyed by source address; not thread-safe."""
 
-    __slots__ = ("_last_gc", "_max_entries", "_table")
+    __slots__ = ("_admit_when_full", "_last_gc", "_max_entries", "_table")
 
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+    def __init__(
+        self, max_entries: int = DEFAULT_MAX_ENTRIES, *, admit_when_full: bool = False
+    ) -> None:
         if max_entries < 0:
             raise ValueError(f"max_entries must be >= 0, not {max_entries}")
         self._max_entries = max_entries
+        self._admit_when_full = admit_when_full
         # key -> [last time (ns), tokens (ns)], updated in place rather than replaced per call
         self._table: dict[bytes, list[int]] = {}
         self._last_gc: int | None = None
@@ -43,8 +50,7 @@ class Ratelimiter:
     def allow(self, ip: bytes, now: float) -> bool:
         """Charge one packet to the bucket of ``ip`` (packed, 4 or 16 bytes) at ``now``.
 
-        Returns whether the packet may be processed.  Also sweeps idle buckets, at most once a
-        second.
+        Returns whether the packet may be processed (see `take`).
         """
         n = len(ip)
         if n == 4:
@@ -53,6 +59,11 @@ class Ratelimiter:
             key = bytes(ip[:8])  # the /64
         else:
             raise ValueError(f"source address must be 4 or 16 bytes, not {n}")
+        return self.take(key, now)
+
+    def take(self, key: bytes, now: float) -> bool:
+        """Charge one packet to the bucket of ``key`` (used as it is) at ``now``: whether the
+        packet may be processed. Sweeps idle buckets, at most once a second."""
         now_ns = round(now * _NSEC_PER_SEC)
         last_gc = self._last_gc
         if last_gc is None:
@@ -72,9 +83,16 @@ class Ratelimiter:
             entry[1] = tokens
             return False
         if len(self._table) >= self._max_entries:
-            return False
+            return self._admit_when_full
         self._table[key] = [now_ns, _TOKEN_MAX - _PACKET_COST]
         return True
+
+    def ready(self, key: bytes, now: float) -> bool:
+        """Whether `take` would allow ``key`` at ``now``; charges nothing."""
+        entry = self._table.get(key)
+        if entry is None:
+            return self._admit_when_full or len(self._table) < self._max_entries
+        return entry[1] + round(now * _NSEC_PER_SEC) - entry[0] >= _PACKET_COST
 
     def gc(self, now: float) -> None:
         """Drop every bucket idle for more than a second at ``now``."""
