@@ -77,7 +77,7 @@ class Daemon:
         self.device = Device(mtu=tun.mtu(), wall_offset=time.time() - time.monotonic())
         if tun.vnet and offload_mode() == "tso":
             tun.negotiate_offloads()  # here, not at creation: the parent may have made it
-        self.udp = UdpSockets(0)
+        self.udp = UdpSockets(0, steer=True)  # transport data apart from handshakes
         self.device.listen_port = self.udp.port
         # fd -> handler; plain epoll, since selectors costs more per wake-up than the work
         self.epoll = select.epoll()

@@ -347,9 +347,10 @@ def test_line_rate_initiation_flood_does_not_starve_an_established_session(
     received = int(re.search(r"(\d+) received", res.stdout).group(1))  # type: ignore[union-attr]
     print(f"flood {sent}: {received}/20 pings answered")
     assert attack.alive()
-    # Starved, it answers none; on a 2-vCPU machine where the flood generator takes one
-    # CPU, the socket's queue overflows with junk now and then, so 9-15 of 20 is normal.
-    assert received >= 6
+    # Starved, it answers none. With one receive queue it answered 3-12 of 20 here (junk
+    # overflowed the queue, dropping the session's packets at random); with transport data
+    # steered to a queue of its own (io/steer.py) 20 of 20. A little room for a busy machine.
+    assert received >= 17
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import socket
 import struct
 import sys
 
+from wiresnake.io.steer import attach_steering
 from wiresnake.protocol.peer import Endpoint
 
 __all__ = ["StickyEndpoint", "UdpSockets"]
@@ -86,11 +87,18 @@ class UdpSockets:
     """Sockets for the device's listen port; port 0 picks a free one for both families.
 
     With `host`, only that address's family is bound, to that address (a rootless tunnel
-    on loopback, say)."""
+    on loopback, say). With `steer`, each family also gets a second socket on the port that
+    the kernel hands transport data (io/steer.py), so a handshake flood cannot crowd live
+    sessions out of the receive queue; sends always leave from the first."""
 
-    def __init__(self, port: int = 0, fwmark: int = 0, host: str | None = None) -> None:
+    def __init__(
+        self, port: int = 0, fwmark: int = 0, host: str | None = None, *, steer: bool = False
+    ) -> None:
         self.v4: socket.socket | None = None
         self.v6: socket.socket | None = None
+        self.steer = steer and host is None
+        # the transport-data sockets, one per family, while steering works
+        self.twins: list[socket.socket] = []
         self.port = 0
         self.fwmark = fwmark
         self.host = host
@@ -102,11 +110,14 @@ class UdpSockets:
         self.bind(port)
 
     def sockets(self) -> list[socket.socket]:
-        return [s for s in (self.v4, self.v6) if s is not None]
+        """Every socket to read (and to mark, and to close)."""
+        return [s for s in (self.v4, self.v6) if s is not None] + self.twins
 
     def _open(self, family: int, port: int) -> socket.socket:
         s = socket.socket(family, socket.SOCK_DGRAM)
         try:
+            if self.steer:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if self.fwmark:
@@ -132,7 +143,10 @@ class UdpSockets:
         return s
 
     def bind(self, port: int) -> None:
-        """(Re)bind both families to `port`; on failure the old sockets stay in place."""
+        """(Re)bind both families to `port`; on failure the old sockets stay in place. The
+        port already bound changes nothing (as the kernel's set_port)."""
+        if port and port == self.port and (self.v4 or self.v6):
+            return
         if self.host is not None:
             family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
             sock = self._open(family, port)
@@ -141,7 +155,13 @@ class UdpSockets:
             self.port = sock.getsockname()[1]
             return
         for _attempt in range(16):
-            v4 = self._open(socket.AF_INET, port)
+            # a reuseport socket bound to port 0 could land in another program's group
+            try:
+                v4 = self._open(socket.AF_INET, port or (_free_port() if self.steer else 0))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE and port == 0:
+                    continue  # taken between the probe and the bind
+                raise
             chosen = v4.getsockname()[1]
             try:
                 v6: socket.socket | None = self._open(socket.AF_INET6, chosen)
@@ -154,10 +174,26 @@ class UdpSockets:
                 else:
                     v4.close()
                     raise
+            twins = self._steer([s for s in (v4, v6) if s is not None], chosen)
             self.close()
-            self.v4, self.v6, self.port = v4, v6, chosen
+            self.v4, self.v6, self.port, self.twins = v4, v6, chosen, twins
             return
         raise OSError(errno.EADDRINUSE, "no port free on both IPv4 and IPv6")
+
+    def _steer(self, firsts: list[socket.socket], port: int) -> list[socket.socket]:
+        """A transport-data twin for each of `firsts`; none if the kernel cannot steer."""
+        if not self.steer:
+            return []
+        twins: list[socket.socket] = []
+        try:
+            for first in firsts:
+                twins.append(self._open(first.family, port))
+                attach_steering(first)
+        except OSError:
+            for twin in twins:
+                twin.close()
+            return []
+        return twins
 
     def set_fwmark(self, mark: int) -> None:
         for s in self.sockets():
@@ -312,3 +348,12 @@ class UdpSockets:
             with contextlib.suppress(OSError):
                 s.close()
         self.v4 = self.v6 = None
+        self.twins = []
+
+
+def _free_port() -> int:
+    """A UDP port free on IPv4 now (it may be taken again before we bind it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("0.0.0.0", 0))
+        port: int = probe.getsockname()[1]
+    return port
