@@ -17,10 +17,10 @@ pytestmark = [pytest.mark.netns, pytest.mark.interop]
 
 
 @pytest.fixture
-def pair() -> Iterator[Pair]:
-    require_root_and_tools("wg", "wireguard-go", "ping")
+def pair(go_build: str) -> Iterator[Pair]:
+    require_root_and_tools("wg", "ping")
     with NetLab() as lab:
-        yield Pair(lab)
+        yield Pair(lab, impl_b=go_build)
 
 
 def test_wiresnake_initiates_and_pings_over_ipv4_and_ipv6(pair: Pair) -> None:
@@ -100,14 +100,14 @@ def test_link_set_down_does_not_stop_the_daemon(pair: Pair) -> None:
     assert pair.hb.ping("10.50.0.1")
 
 
-def test_tso_reads_split_in_userspace_carry_both_ways(tmp_path: Path) -> None:
+def test_tso_reads_split_in_userspace_carry_both_ways(tmp_path: Path, go_build: str) -> None:
     """WIRESNAKE_OFFLOAD=tso: the kernel hands the daemon TCP super-packets and packets
     with unfinished checksums; what leaves must be exact for wireguard-go's kernel side."""
-    require_root_and_tools("wg", "wireguard-go", "ping")
+    require_root_and_tools("wg", "ping")
     log = tmp_path / "wiresnake.err"
     env = {"WIRESNAKE_OFFLOAD": "tso", "LOG_LEVEL": "verbose"}
     with NetLab() as lab:
-        pair = Pair(lab, env_a=env, log_a=log)
+        pair = Pair(lab, impl_b=go_build, env_a=env, log_a=log)
         pair.connect()
         assert pair.ha.ping("10.50.0.2")
         assert pair.ha.ping("fd50::2")
