@@ -148,6 +148,8 @@ class Daemon:
             self.stop("interface deleted")
             return
         if packets:
+            if max(map(len, packets)) > self.device.mtu and not self._follow_mtu():
+                return  # the kernel let it through: the MTU was raised since we last looked
             self._act(self.device.from_tunnel(packets, time.monotonic()))
 
     def _udp_reader(self, sock: socket.socket) -> Callable[[], None]:
@@ -199,13 +201,18 @@ class Daemon:
         with contextlib.suppress(OSError):
             self._wake_r.recv(4096)
 
-    def _housekeeping(self) -> None:
+    def _follow_mtu(self) -> bool:
+        """The interface's MTU into the engine; False if the interface is gone."""
         try:
-            mtu = self.tun.mtu()
+            self.device.mtu = self.tun.mtu()
         except TunGone:
             self.stop("interface deleted")
+            return False
+        return True
+
+    def _housekeeping(self) -> None:
+        if not self._follow_mtu():
             return
-        self.device.mtu = mtu
         try:
             inode = os.stat(self.sock_path).st_ino
         except FileNotFoundError:
