@@ -154,7 +154,7 @@ class Daemon:
 
     def _udp_reader(self, sock: socket.socket) -> Callable[[], None]:
         def read() -> None:
-            datagrams = UdpSockets.recv_batch(sock)
+            datagrams = UdpSockets.recv_batch(sock, counters=self.device.counters)
             if datagrams:
                 try:
                     self._act(self.device.from_network(datagrams, time.monotonic()))

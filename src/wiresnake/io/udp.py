@@ -7,6 +7,7 @@ import errno
 import os
 import socket
 import sys
+from collections import Counter
 
 from wiresnake.protocol.peer import Endpoint
 
@@ -99,9 +100,12 @@ class UdpSockets:
         self.fwmark = mark
 
     @staticmethod
-    def recv_batch(sock: socket.socket, limit: int = 64) -> list[tuple[Endpoint, bytes]]:
+    def recv_batch(
+        sock: socket.socket, limit: int = 64, counters: Counter[str] | None = None
+    ) -> list[tuple[Endpoint, bytes]]:
         """Up to `limit` reads without blocking. With UDP_GRO on, one read may return many
-        datagrams of one sender glued together, with their size in a control message."""
+        datagrams of one sender glued together, with their size in a control message;
+        such reads are counted in `counters["udp_gro_reads"]` when given."""
         out: list[tuple[Endpoint, bytes]] = []
         recv = sock.recvmsg
         v6 = sock.family == socket.AF_INET6
@@ -118,6 +122,8 @@ class UdpSockets:
                         size = int.from_bytes(value[:4], sys.byteorder)
                 if size and len(data) > size:
                     out.extend((endpoint, data[k : k + size]) for k in range(0, len(data), size))
+                    if counters is not None:
+                        counters["udp_gro_reads"] += 1
                 else:
                     out.append((endpoint, data))
         except (BlockingIOError, InterruptedError):
