@@ -372,7 +372,9 @@ ROUTER_INSIDE, ROUTER_OUTSIDE = "192.168.1.1", "10.0.0.1"
 CLIENT, SERVER = "192.168.1.100", "10.0.0.100"
 
 
-@pytest.mark.parametrize("behind", ["wiresnake", "go"])
+@pytest.mark.parametrize(
+    "behind", ["wiresnake", "go"], ids=["wiresnake-behind-nat", "go-behind-nat"]
+)
 def test_keepalive_holds_a_masquerading_routers_mapping(go_build: str, behind: str) -> None:
     """C sits behind router R, which masquerades C's datagrams to server S and forgets a
     mapping 2 s after its last packet; C's persistent keepalive is what keeps S able to
