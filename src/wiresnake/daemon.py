@@ -159,11 +159,13 @@ class Daemon:
             self.stop("interface deleted")
             return
         if packets:
+            if max(map(len, packets)) > self.device.mtu and not self._follow_mtu():
+                return  # the kernel let it through: the MTU was raised since we last looked
             self._act(self.device.from_tunnel(packets, time.monotonic()))
 
     def _udp_reader(self, sock: socket.socket) -> Callable[[], None]:
         def read() -> None:
-            runs = UdpSockets.recv_runs(sock)
+            runs = UdpSockets.recv_runs(sock, counters=self.device.counters)
             if runs:
                 try:
                     self._act(self.device.from_network_runs(runs, time.monotonic()))
@@ -176,14 +178,18 @@ class Daemon:
         with contextlib.suppress(OSError):
             self._wake_r.recv(4096)
 
-    def _housekeeping(self) -> None:
-        self.uapi.tick(time.monotonic())
+    def _follow_mtu(self) -> bool:
+        """The interface's MTU into the engine; False if the interface is gone."""
         try:
-            mtu = self.tun.mtu()
+            self.device.mtu = self.tun.mtu()
         except TunGone:
             self.stop("interface deleted")
+            return False
+        return True
+
+    def _housekeeping(self) -> None:
+        if not self._follow_mtu():
             return
-        self.device.mtu = mtu
         try:
             inode = os.stat(self.sock_path).st_ino
         except FileNotFoundError:

@@ -49,14 +49,14 @@ LATE_START = 5.0
 class Attack:
     """V (wiresnake, or `victim`) with a legitimate peer L (wireguard-go) and an attacker X."""
 
-    def __init__(self, lab: NetLab, victim: str = "wiresnake") -> None:
+    def __init__(self, lab: NetLab, victim: str = "wiresnake", go: str = "go-debian") -> None:
         self.lab = lab
         self.hv, self.hl, self.hx = lab.host("v"), lab.host("l"), lab.host("x")
         lab.link(self.hv, self.hl, "192.168.70.1", "192.168.70.2")
         self.v_dev, self.x_dev = lab.link(self.hv, self.hx, V_ON_X, X_ON_V, v6=(V6_ON_X, "fd71::2"))
         self.hv.run("ip", "route", "add", SPOOFED, "via", X_ON_V)
         self.v = WgIface(lab, self.hv, victim, "10.70.0.1", "fd70::1")
-        self.l = WgIface(lab, self.hl, "wireguard-go", "10.70.0.2", "fd70::2")
+        self.l = WgIface(lab, self.hl, go, "10.70.0.2", "fd70::2")
         # only L initiates: V has no endpoint for it
         self.v.add_peer(self.l)
         self.l.add_peer(self.v, "192.168.70.1:51820")
@@ -227,10 +227,10 @@ class LanFlood(Attack):
 
 
 @pytest.fixture
-def attack() -> Iterator[Attack]:
-    require_root_and_tools("wg", "wireguard-go", "ping")
+def attack(go_build: str) -> Iterator[Attack]:
+    require_root_and_tools("wg", "ping")
     with NetLab() as lab:
-        yield Attack(lab)
+        yield Attack(lab, go=go_build)
 
 
 def ping_once(host: Host, address: str) -> bool:

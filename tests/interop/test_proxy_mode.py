@@ -18,7 +18,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from netlab import Host, NetLab, WgIface, genkey, require_root_and_tools
+from netlab import (
+    GO_BUILDS,
+    Host,
+    NetLab,
+    WgIface,
+    genkey,
+    require_go_build,
+    require_root_and_tools,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
 
@@ -152,9 +160,11 @@ except urllib.error.HTTPError as e:
 """
 
 
-@pytest.fixture(params=["wiresnake", "wireguard-go"])
+@pytest.fixture(params=["wiresnake", *GO_BUILDS])
 def plab(request: pytest.FixtureRequest) -> Iterator[ProxyLab]:
-    require_root_and_tools("wg", "wireguard-go", "curl", "nft", "tc", "setpriv")
+    require_root_and_tools("wg", "curl", "nft", "tc", "setpriv")
+    if request.param != "wiresnake":
+        require_go_build(request.param)
     with NetLab() as lab, tempfile.TemporaryDirectory() as tmp:
         os.chmod(tmp, 0o755)
         yield ProxyLab(lab, request.param, Path(tmp))

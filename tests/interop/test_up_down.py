@@ -86,8 +86,8 @@ def snapshot(host: Host) -> dict[str, list[str]]:
 class Up(QuickHosts):
     """Host `a` brought up by `wiresnake up`, host `b` running wireguard-go."""
 
-    def __init__(self, lab: NetLab, tmp: Path) -> None:
-        super().__init__(lab, tmp, "u", (A_UNDERLAY, B_UNDERLAY), dir_mode=0o700)
+    def __init__(self, lab: NetLab, tmp: Path, go: str) -> None:
+        super().__init__(lab, tmp, "u", (A_UNDERLAY, B_UNDERLAY), dir_mode=0o700, go=go)
 
     def snapshot(self) -> dict[str, list[str]]:
         return snapshot(self.ha)
@@ -122,9 +122,9 @@ class Up(QuickHosts):
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[Up]:
-    require_root_and_tools("wg", "wireguard-go", "ping", "ss", "nft", "bash")
-    yield from quick_hosts(Up, tmp_path)
+def env(tmp_path: Path, go_build: str) -> Iterator[Up]:
+    require_root_and_tools("wg", "ping", "ss", "nft", "bash")
+    yield from quick_hosts(Up, tmp_path, go_build)
 
 
 def test_up_and_down_leave_nothing_behind(env: Up) -> None:

@@ -38,8 +38,8 @@ class Quick(QuickHosts):
 
     root_prefixes = ("10.81.0.0/16", "fd81::")
 
-    def __init__(self, lab: NetLab, tmp: Path) -> None:
-        super().__init__(lab, tmp, "q", (A_UNDERLAY, B_UNDERLAY))
+    def __init__(self, lab: NetLab, tmp: Path, go: str) -> None:
+        super().__init__(lab, tmp, "q", (A_UNDERLAY, B_UNDERLAY), go=go)
 
     def wg_quick(self, verb: str) -> str:
         res = self.ha.run(
@@ -81,9 +81,9 @@ class Quick(QuickHosts):
 
 
 @pytest.fixture
-def quick(tmp_path: Path) -> Iterator[Quick]:
-    require_root_and_tools("wg", "wg-quick", "wireguard-go", "ping", "ss", "nft")
-    yield from quick_hosts(Quick, tmp_path)
+def quick(tmp_path: Path, go_build: str) -> Iterator[Quick]:
+    require_root_and_tools("wg", "wg-quick", "ping", "ss", "nft")
+    yield from quick_hosts(Quick, tmp_path, go_build)
 
 
 def daemon_pids(name: str) -> list[int]:

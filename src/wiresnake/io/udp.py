@@ -8,6 +8,7 @@ import os
 import socket
 import struct
 import sys
+from collections import Counter
 
 from wiresnake.io.steer import attach_steering
 from wiresnake.protocol.peer import Endpoint
@@ -220,10 +221,13 @@ class UdpSockets:
         return out
 
     @staticmethod
-    def recv_runs(sock: socket.socket, limit: int = 64) -> list[tuple[Endpoint, bytes, int]]:
+    def recv_runs(
+        sock: socket.socket, limit: int = 64, counters: Counter[str] | None = None
+    ) -> list[tuple[Endpoint, bytes, int]]:
         """Up to `limit` reads without blocking, each as (source, data, segment size). With
         UDP_GRO on, one read may return many datagrams of one sender glued together, all of
-        that size but the last; the size is 0 for a read of one datagram."""
+        that size but the last; the size is 0 for a read of one datagram. Such glued reads
+        are counted in `counters["udp_gro_reads"]` when given."""
         out: list[tuple[Endpoint, bytes, int]] = []
         recv = sock.recvmsg
         v6 = sock.family == socket.AF_INET6
@@ -242,7 +246,12 @@ class UdpSockets:
                         endpoint = _with_local(endpoint, value[:16])
                     elif kind == _IP_PKTINFO and level == socket.IPPROTO_IP:
                         endpoint = _with_local(endpoint, value[8:12])  # the header's dst
-                out.append((endpoint, data, size if len(data) > size else 0))
+                if size and len(data) > size:
+                    if counters is not None:
+                        counters["udp_gro_reads"] += 1
+                    out.append((endpoint, data, size))
+                else:
+                    out.append((endpoint, data, 0))
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
