@@ -519,3 +519,25 @@ def test_a_raised_link_mtu_is_followed_and_padding_stops_at_the_mtu(twin: Pair) 
     assert a_after[1] - a_before[1] == 8030 + 32
     assert b_after[0] - b_before[0] == 8030 + 32
     assert b_after[1] - b_before[1] == 8030 + 32
+
+
+_MTU_WITHOUT_DESCRIPTORS = """
+import os, resource, socket, sys
+from wiresnake.io.tun import Tun
+tun = Tun.create(sys.argv[1], mtu=1333)
+held = []
+try:
+    while True:
+        held.append(socket.socket())
+except OSError:
+    pass  # every descriptor taken: what the housekeeping tick then meets
+print(tun.mtu(), tun.mtu(), len(held) > 0)
+"""
+
+
+def test_the_mtu_is_read_with_no_descriptor_free(solo: Solo) -> None:
+    # the daemon reads its interface's MTU every second; with every descriptor in use (idle
+    # configuration clients, a system at its file limit) that read must still work
+    name = solo.lab.iface("fd")
+    res = solo.h.run("prlimit", "--nofile=64", sys.executable, "-c", _MTU_WITHOUT_DESCRIPTORS, name)
+    assert res.stdout.split() == ["1333", "1333", "True"], res.stderr

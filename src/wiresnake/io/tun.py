@@ -82,6 +82,9 @@ class Tun:
         self.offloads = 0  # what TUNSETOFFLOAD accepted, when this object asked
         self.offload_reads = 0  # reads that were super-packets or had checksums to finish
         self.malformed = 0  # such reads `gso.split` could not make sense of, dropped
+        # one socket for the interface ioctls, kept: reading the MTU every second must not
+        # need a free descriptor, which a flood of configuration clients may have taken
+        self._ioctl: socket.socket | None = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         os.set_blocking(fd, False)
 
     @classmethod
@@ -118,20 +121,21 @@ class Tun:
         return self.offloads
 
     def _ioctl_sock(self) -> socket.socket:
-        return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if self._ioctl is None:
+            self._ioctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        return self._ioctl
 
     def mtu(self) -> int:
-        with self._ioctl_sock() as s:
-            try:
-                res = fcntl.ioctl(s, _SIOCGIFMTU, _ifreq(self.name))
-            except OSError as e:
-                raise TunGone(str(e)) from None
+        s = self._ioctl_sock()
+        try:
+            res = fcntl.ioctl(s, _SIOCGIFMTU, _ifreq(self.name))
+        except OSError as e:
+            raise TunGone(str(e)) from None
         return int(struct.unpack_from("i", res, _IFNAMSIZ)[0])
 
     def set_mtu(self, mtu: int) -> None:
         req = struct.pack("16si20x", self.name.encode(), mtu)
-        with self._ioctl_sock() as s:
-            fcntl.ioctl(s, _SIOCSIFMTU, req)
+        fcntl.ioctl(self._ioctl_sock(), _SIOCSIFMTU, req)
 
     def read_batch(self, limit: int = 64) -> list[bytes]:
         """The packets of up to `limit` reads that are ready, without blocking (a read
@@ -187,6 +191,9 @@ class Tun:
         return refused
 
     def close(self) -> None:
+        if self._ioctl is not None:
+            self._ioctl.close()
+            self._ioctl = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
