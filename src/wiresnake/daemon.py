@@ -188,6 +188,9 @@ class Daemon:
         return True
 
     def _housekeeping(self) -> None:
+        # first: dropping stalled configuration clients and resuming a paused accept must
+        # not wait on anything below
+        self.uapi.tick(time.monotonic())
         if not self._follow_mtu():
             return
         try:

@@ -184,7 +184,10 @@ class FileNames:
         try:
             cfg = read_config(self.path, wg_quick=True)
         except ConfigError as e:  # keep the names we had: the file may be half-written
-            self.log_error(f"Cannot read endpoint names to re-resolve: {e}")
+            # for a line, where and which key but not the message: it may quote a mistyped
+            # PrivateKey; a whole-file error (missing, unreadable) quotes nothing
+            why = str(e) if e.line is None else f"{e.path}:{e.line}: {e.key or 'a line'} is invalid"
+            self.log_error(f"Cannot read endpoint names to re-resolve: {why}")
             return False
         self.names = endpoint_names((p.public_key, p.endpoint) for p in cfg.peers)
         return True
@@ -253,6 +256,12 @@ class DaemonReresolve:
             if line is not None:
                 self.log(line)
         for key, spec in self.reresolver.due(device, now):
-            threading.Thread(
+            worker = threading.Thread(
                 target=self._work, args=(key, spec), name="reresolve", daemon=True
-            ).start()
+            )
+            try:
+                worker.start()
+            except RuntimeError as e:  # no thread to be had now: try again at the recheck
+                line = self.reresolver.answered(device, key, spec, e, now)
+                if line is not None:
+                    self.log(line)

@@ -143,6 +143,12 @@ def test_the_daemon_reads_names_from_the_file_again_when_it_changes(tmp_path: Pa
     assert not names.refresh()
     assert names.names == {KEY: EndpointSpec("moved.test", 7)}  # kept: the file is broken
     assert "PublicKey" in errors[-1]
+    # a key one character short of a real one is nearly the secret: never in the log
+    almost = key_to_base64(KEY)[:-2] + "="
+    conf.write_text(f"[Interface]\nPrivateKey = {almost}\n{peer}")
+    os.utime(conf, ns=(0, time.time_ns() + 3 * 10**9))
+    assert not names.refresh()
+    assert "PrivateKey" in errors[-1] and almost not in errors[-1] and ":2:" in errors[-1]
 
 
 def test_the_daemon_looks_up_off_its_loop_and_applies_the_answer_later(tmp_path: Path) -> None:

@@ -5,8 +5,11 @@ Runs on loopback without root: SO_REUSEPORT and its BPF program need no privileg
 
 from __future__ import annotations
 
+import errno
 import socket
 import time
+
+import pytest
 
 from wiresnake.io.udp import UdpSockets
 
@@ -77,3 +80,21 @@ def test_rebinding_moves_both_sockets_and_the_same_port_is_kept_as_is() -> None:
         assert drain(twin) == [TRANSPORT]
     finally:
         udp.close()
+
+
+def test_a_port_held_by_another_steering_socket_is_refused() -> None:
+    # both set SO_REUSEPORT: without a plain probe the second would join the first's group
+    first = UdpSockets(0, steer=True)
+    try:
+        with pytest.raises(OSError) as e:
+            UdpSockets(first.port, steer=True)
+        assert e.value.errno == errno.EADDRINUSE
+        other = UdpSockets(0, steer=True)
+        try:
+            with pytest.raises(OSError):
+                other.bind(first.port)
+            assert other.port != first.port and other.twins  # the old sockets stay
+        finally:
+            other.close()
+    finally:
+        first.close()

@@ -156,9 +156,8 @@ class UdpSockets:
             self.port = sock.getsockname()[1]
             return
         for _attempt in range(16):
-            # a reuseport socket bound to port 0 could land in another program's group
             try:
-                v4 = self._open(socket.AF_INET, port or (_free_port() if self.steer else 0))
+                v4 = self._open(socket.AF_INET, self._claim(port))
             except OSError as e:
                 if e.errno == errno.EADDRINUSE and port == 0:
                     continue  # taken between the probe and the bind
@@ -180,6 +179,30 @@ class UdpSockets:
             self.v4, self.v6, self.port, self.twins = v4, v6, chosen, twins
             return
         raise OSError(errno.EADDRINUSE, "no port free on both IPv4 and IPv6")
+
+    def _claim(self, port: int) -> int:
+        """The port to bind. A reuseport socket would share a port with any other of ours
+        (a second daemon given the same ListenPort, or one landing there by port 0), so
+        with steering the port is first bound plainly, which fails if anyone holds it."""
+        if not self.steer:
+            return port
+        port = port or _free_port()
+        for family, wildcard in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            try:
+                probe = socket.socket(family, socket.SOCK_DGRAM)
+            except OSError as e:
+                if e.errno == errno.EAFNOSUPPORT:
+                    continue
+                raise
+            with probe:
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                try:
+                    probe.bind((wildcard, port))
+                except OSError as e:
+                    if e.errno != errno.EADDRNOTAVAIL:  # no IPv6 here: nothing to hold
+                        raise
+        return port
 
     def _steer(self, firsts: list[socket.socket], port: int) -> list[socket.socket]:
         """A transport-data twin for each of `firsts`; none if the kernel cannot steer."""

@@ -172,10 +172,14 @@ def open_tunnel(
             [str(a) for a in cfg.interface.addresses],
             mtu=cfg.interface.mtu,
         )
-        if proxy_enabled(os.environ):
-            names = endpoint_names((p.public_key, p.endpoint) for p in cfg.peers)
-            tunnel.reresolve(names, stale_after=stale_after, lookup=resolve)
-        return Dialer.for_config(tunnel, cfg)
+        try:
+            if proxy_enabled(os.environ):
+                names = endpoint_names((p.public_key, p.endpoint) for p in cfg.peers)
+                tunnel.reresolve(names, stale_after=stale_after, lookup=resolve)
+            return Dialer.for_config(tunnel, cfg)
+        except BaseException:
+            tunnel.close()  # its socket and timer must not outlive a failed open
+            raise
 
     return OpeningTunnel(opening)
 
