@@ -561,7 +561,10 @@ class Device:
                 self._confirm(peer, unconfirmed, now)
                 unconfirmed = None
             peer.rx_bytes += n
-            if src != last_src:
+            # identity, not equality: a source equal as (host, port) may carry another local
+            # address (the host's sticky source), and the latest one must win; a GRO run
+            # shares one object, so runs still cost one look-up
+            if src is not last_src:
                 last_src = src
                 found = seen.get(peer)
                 if found is None:
