@@ -229,7 +229,7 @@ def test_strip_refuses_as_wg_quick_does(tmp_path: Path) -> None:
 @pytest.fixture
 def up_env(tmp_path: Path) -> Iterator[Up]:
     require_root_and_tools("wg", "wg-quick", "wireguard-go", "ping", "ss", "nft", "bash")
-    yield from quick_hosts(Up, tmp_path)
+    yield from quick_hosts(Up, tmp_path, "go-debian")  # save is wiresnake-side only
 
 
 def _without_addresses(text: str) -> list[str]:
