@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from wiresnake.crypto import generate_private_key
 from wiresnake.protocol.device import Device, Output
+from wiresnake.protocol.events import Event
 from wiresnake.protocol.peer import Endpoint, Peer
 
 Filter = Callable[[Endpoint, Endpoint, bytes], bool]
@@ -37,6 +38,8 @@ class Host:
     device: Device
     tunnel_ip: str
     received: list[bytes] = field(default_factory=list)
+    # the engine's events, in order, with the time of the call that reported them
+    events: list[tuple[float, Event]] = field(default_factory=list)
 
 
 class Lab:
@@ -92,6 +95,7 @@ class Lab:
 
     def _emit(self, src: Host, out: Output) -> None:
         src.received.extend(out.packets)
+        src.events.extend((self.now, e) for e in out.events)
         pending = [(src.endpoint, dst, data) for dst, data in out.datagrams]
         while pending:
             s, d, data = pending.pop(0)
@@ -103,6 +107,7 @@ class Lab:
                 continue
             res = dst.device.from_network([(s, data)], self.now)
             dst.received.extend(res.packets)
+            dst.events.extend((self.now, e) for e in res.events)
             pending.extend((dst.endpoint, d2, x) for d2, x in res.datagrams)
 
     def send(self, src: Host, dst: Host, payload: bytes = b"x" * 100) -> None:

@@ -5,7 +5,9 @@ Three inputs drive it, each with the current monotonic time and each answering w
 `from_network(datagrams, now)` (UDP payloads with their source) and `tick(now)` (timers).
 `next_deadline()` says when `tick` is next needed; `from_network_runs` is `from_network`
 for UDP_GRO reads, taken whole. Configuration changes take effect at once; any traffic
-they cause (a persistent keepalive switched on) leaves on the next tick.
+they cause (a persistent keepalive switched on) leaves on the next tick. `Output.events`
+reports what happened to peers (see events.py); on the data path it stays an empty list
+(nothing is appended per packet).
 
 Nothing here touches a socket, a file or a clock. Randomness comes from `rng` and wall
 time (TAI64N timestamps, last-handshake times) is `now + wall_offset`, so two engines can
@@ -55,6 +57,14 @@ from wiresnake.protocol.constants import (
     ZERO_KEYS_AFTER,
 )
 from wiresnake.protocol.cookie import CookieChecker
+from wiresnake.protocol.events import (
+    EndpointChanged,
+    Event,
+    HandshakeCompleted,
+    HandshakeGaveUp,
+    KeysExpired,
+    PeerIdle,
+)
 from wiresnake.protocol.handshake import open_initiation
 from wiresnake.protocol.keypair import Keypair
 from wiresnake.protocol.messages import (
@@ -139,13 +149,15 @@ def _first_messages(runs: list[Run], limit: int) -> list[Datagram]:
 
 @dataclass(slots=True)
 class Output:
-    """Effects of one call: datagrams to send, IP packets to deliver to the tunnel."""
+    """Effects of one call: datagrams to send, IP packets to deliver to the tunnel, and
+    what happened to peers (see events.py), in order; empty when nothing did."""
 
     datagrams: list[Datagram] = field(default_factory=list)
     packets: list[bytes] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.datagrams or self.packets)
+        return bool(self.datagrams or self.packets or self.events)
 
 
 class Device:
@@ -558,7 +570,7 @@ class Device:
                 counters["replayed"] += 1
                 continue
             if unconfirmed is not None:
-                self._confirm(peer, unconfirmed, now)
+                self._confirm(peer, unconfirmed, src, now, out)
                 unconfirmed = None
             peer.rx_bytes += n
             # identity, not equality: a source equal as (host, port) may carry another local
@@ -683,7 +695,7 @@ class Device:
         # all checks passed: now commit, as the general loop would have
         kp.replay.accept_run(first, first + n - 1)
         if kp is peer.next:
-            self._confirm(peer, kp, now)
+            self._confirm(peer, kp, datagrams[0][0], now, out)
         peer.rx_bytes += sum(map(len, datas))
         out.packets.extend(pts)
         self.counters["bulk_batches"] += 1
@@ -692,20 +704,24 @@ class Device:
 
     def _authenticated_receive(self, peer: Peer, src: Endpoint, now: float, out: Output) -> None:
         # roaming: the endpoint is wherever the latest authenticated packet came from
+        if src != peer.endpoint:
+            out.events.append(EndpointChanged(peer.public_key, peer.endpoint, src))
         peer.endpoint = src
+        peer.idle = False
         if peer.persistent_keepalive:
             peer.persistent_keepalive_at = now + peer.persistent_keepalive
         peer.new_handshake_at = None
 
-    def _confirm(self, peer: Peer, kp: Keypair, now: float) -> None:
-        """The responder's next keypair becomes current on its first packet."""
+    def _confirm(self, peer: Peer, kp: Keypair, src: Endpoint, now: float, out: Output) -> None:
+        """The responder's next keypair becomes current on its first packet (from `src`)."""
         self._drop_keypair(peer.previous)
         peer.previous = peer.current
         peer.current = kp
         peer.next = None
-        self._handshake_complete(peer, now)
+        self._handshake_complete(peer, src, now, out)
 
-    def _handshake_complete(self, peer: Peer, now: float) -> None:
+    def _handshake_complete(self, peer: Peer, src: Endpoint, now: float, out: Output) -> None:
+        out.events.append(HandshakeCompleted(peer.public_key, src))
         peer.retransmit_at = None
         peer.handshake_attempts = 0
         peer.sent_last_minute_handshake = False
@@ -835,7 +851,7 @@ class Device:
             created=now,
         )
         self._begin_session(peer, kp)
-        self._handshake_complete(peer, now)
+        self._handshake_complete(peer, src, now, out)
         # confirm the session to the responder at once, with data if any is waiting
         self._send_keepalive(peer, now, out)
         self._reschedule(peer)
@@ -964,6 +980,9 @@ class Device:
             if peer.handshake_attempts > MAX_TIMER_HANDSHAKES:
                 # give up (section 6.4): drop what waited, wipe keys later unless renewed
                 peer.keepalive_at = None
+                # keepalives waiting (empty packets) are no loss worth reporting
+                dropped = sum(1 for pkt in peer.staged if pkt)
+                out.events.append(HandshakeGaveUp(peer.public_key, dropped))
                 self.counters["staged_dropped"] += len(peer.staged)
                 peer.staged.clear()
                 if peer.zero_keys_at is None:
@@ -979,9 +998,14 @@ class Device:
                 peer.keepalive_at = now + KEEPALIVE_TIMEOUT
         if peer.new_handshake_at is not None and peer.new_handshake_at <= now:
             peer.new_handshake_at = None
+            if not peer.idle:
+                peer.idle = True
+                out.events.append(PeerIdle(peer.public_key))
             self._initiate(peer, now, out, retry=False)
         if peer.zero_keys_at is not None and peer.zero_keys_at <= now:
             peer.zero_keys_at = None
+            if peer.keypairs():
+                out.events.append(KeysExpired(peer.public_key))
             self._clear_sessions(peer)
             self.counters["staged_dropped"] += len(peer.staged)
             peer.staged.clear()

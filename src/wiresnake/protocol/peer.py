@@ -24,6 +24,7 @@ class Peer:
         "endpoint",
         "handshake",
         "handshake_attempts",
+        "idle",
         "keepalive_at",
         "last_handshake",
         "last_sent_handshake",
@@ -63,6 +64,8 @@ class Peer:
         self.need_another_keepalive = False
         self.sent_last_minute_handshake = False
         self.removed = False
+        # reported idle (events.PeerIdle) and not heard from since
+        self.idle = False
         # timer deadlines
         self.retransmit_at: float | None = None
         self.keepalive_at: float | None = None
