@@ -22,11 +22,12 @@ import time
 from collections.abc import Callable
 
 from wiresnake.io.busypoll import DEFAULT_WINDOW_US, BusyPoll, window_from_env
+from wiresnake.io.pump import Pump
 from wiresnake.io.tun import Tun, TunGone, offload_mode
 from wiresnake.io.uapiserver import UapiServer
 from wiresnake.io.uapisock import SocketInUse, adopt_listener, open_listener, socket_path
 from wiresnake.io.udp import UdpSockets
-from wiresnake.protocol.device import Device, Output
+from wiresnake.protocol.device import Device
 from wiresnake.reresolve import DaemonReresolve, stale_after_from_env
 from wiresnake.uapi import UapiSession
 
@@ -79,6 +80,7 @@ class Daemon:
             tun.negotiate_offloads()  # here, not at creation: the parent may have made it
         self.udp = UdpSockets(0, steer=True)  # transport data apart from handshakes
         self.device.listen_port = self.udp.port
+        self.pump = Pump(self.device, self.udp.send_batch, self._deliver)
         # fd -> handler; plain epoll, since selectors costs more per wake-up than the work
         self.epoll = select.epoll()
         self.handlers: dict[int, Callable[[], None]] = {}
@@ -129,16 +131,11 @@ class Daemon:
             self.stopping = True
             self.exit_reason = reason
 
-    def _act(self, out: Output) -> None:
-        if out.datagrams:
-            failed = self.udp.send_batch(out.datagrams)
-            if failed:
-                self.device.unsent(failed)
-        if out.packets:
-            self.device.counters["tunnel_packets_out"] += len(out.packets)
-            refused = self.tun.write_batch(out.packets)
-            if refused:
-                self.device.counters["tunnel_write_failed"] += refused
+    def _deliver(self, packets: list[bytes], _now: float) -> None:
+        self.device.counters["tunnel_packets_out"] += len(packets)
+        refused = self.tun.write_batch(packets)
+        if refused:
+            self.device.counters["tunnel_write_failed"] += refused
 
     def _watch(self, fd: int, handler: Callable[[], None], events: int = select.EPOLLIN) -> None:
         self.handlers[fd] = handler
@@ -161,16 +158,16 @@ class Daemon:
         if packets:
             if max(map(len, packets)) > self.device.mtu and not self._follow_mtu():
                 return  # the kernel let it through: the MTU was raised since we last looked
-            self._act(self.device.from_tunnel(packets, time.monotonic()))
+            self.pump.from_tunnel(packets, time.monotonic())
 
     def _udp_reader(self, sock: socket.socket) -> Callable[[], None]:
+        pump_read = self.pump.read
+
         def read() -> None:
-            runs = UdpSockets.recv_runs(sock, counters=self.device.counters)
-            if runs:
-                try:
-                    self._act(self.device.from_network_runs(runs, time.monotonic()))
-                except TunGone:
-                    self.stop("interface deleted")
+            try:
+                pump_read(sock)
+            except TunGone:
+                self.stop("interface deleted")
 
         return read
 
@@ -221,11 +218,12 @@ class Daemon:
         _signal_ready()
         next_housekeeping = time.monotonic() + _HOUSEKEEPING
         busy = self.busy
+        pump = self.pump
         monotonic = time.monotonic
         try:
             while not self.stopping:
                 now = monotonic()
-                deadline = self.device.next_deadline()
+                deadline = pump.next_deadline()
                 idle = next_housekeeping - now
                 if deadline is not None:
                     idle = min(idle, deadline - now)
@@ -245,9 +243,7 @@ class Daemon:
                     # spinning: let whatever else wants this CPU (the peer, the app) run
                     os.sched_yield()
                     busy.missed(now, monotonic() - polled)
-                deadline = self.device.next_deadline()
-                if deadline is not None and deadline <= now:
-                    self._act(self.device.tick(now))
+                pump.due(now)
                 if now >= next_housekeeping:
                     next_housekeeping = now + _HOUSEKEEPING
                     self._housekeeping()

@@ -1,6 +1,6 @@
 """Two engines over real UDP sockets on loopback: a handshake, then data both ways.
 
-Each side is a `Device` fed by a non-blocking UDP socket and its own timer; plaintext
+Each side is a `Device` driven by a `Pump` over its UDP socket and its timer; plaintext
 "tunnel" packets are handed in and out directly, since no TUN is involved. Run it with
 `python -m wiresnake.demo`.
 """
@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import selectors
-import socket
 import sys
 import time
 
 from wiresnake.crypto import generate_private_key, key_to_base64
-from wiresnake.protocol.device import Device, Output
+from wiresnake.io.pump import Pump
+from wiresnake.io.udp import UdpSockets
+from wiresnake.protocol.device import Datagram, Device
 from wiresnake.protocol.messages import TYPE_COOKIE_REPLY, TYPE_INITIATION, TYPE_RESPONSE
 
 __all__ = ["main"]
@@ -39,24 +40,25 @@ class Side:
     def __init__(self, name: str, tunnel_ip: str) -> None:
         self.name = name
         self.tunnel_ip = tunnel_ip
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.setblocking(False)
-        self.port: int = self.sock.getsockname()[1]
+        self.udp = UdpSockets(0, host="127.0.0.1")
+        self.port = self.udp.port
         self.device = Device(generate_private_key(), wall_offset=time.time() - time.monotonic())
         self.delivered: list[bytes] = []
+        self.pump = Pump(self.device, self.send, self.deliver)
 
-    def act(self, out: Output) -> None:
-        for endpoint, data in out.datagrams:
+    def send(self, datagrams: list[Datagram]) -> list[Datagram]:
+        for endpoint, data in datagrams:
             kind = _KINDS.get(data[0], f"transport, {len(data)} bytes")
             print(f"  {self.name} -> {endpoint[0]}:{endpoint[1]}  {kind}")
-            self.sock.sendto(data, endpoint)
-        for pkt in out.packets:
+        return self.udp.send_batch(datagrams)
+
+    def deliver(self, packets: list[bytes], _now: float) -> None:
+        for pkt in packets:
             print(f"  {self.name} delivers to its tunnel: {pkt[28:].decode(errors='replace')!r}")
             self.delivered.append(pkt)
 
     def close(self) -> None:
-        self.sock.close()
+        self.udp.close()
 
 
 def run(timeout: float = 5.0) -> int:
@@ -73,25 +75,25 @@ def run(timeout: float = 5.0) -> int:
                 f"public key {key_to_base64(x.device.public_key or b'')}"
             )
         sel = selectors.DefaultSelector()
-        sel.register(a.sock, selectors.EVENT_READ, a)
-        sel.register(b.sock, selectors.EVENT_READ, b)
+        for side in (a, b):
+            for sock in side.udp.sockets():
+                sel.register(sock, selectors.EVENT_READ, (side, sock))
 
         print("alice sends a packet to bob; the engine starts a handshake first:")
-        a.act(a.device.from_tunnel([_udp_packet(a.tunnel_ip, b.tunnel_ip, b"hello bob")], now))
+        a.pump.from_tunnel([_udp_packet(a.tunnel_ip, b.tunnel_ip, b"hello bob")], now)
         sent_reply = False
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for key, _ in sel.select(0.05):
-                side: Side = key.data
-                data, src = side.sock.recvfrom(65535)
-                side.act(side.device.from_network([((src[0], src[1]), data)], time.monotonic()))
+                side, sock = key.data
+                side.pump.read(sock)
             for side in (a, b):
-                side.act(side.device.tick(time.monotonic()))
+                side.pump.due(time.monotonic())
             if b.delivered and not sent_reply:
                 sent_reply = True
                 print("bob answers:")
                 pkt = _udp_packet(b.tunnel_ip, a.tunnel_ip, b"hello alice")
-                b.act(b.device.from_tunnel([pkt], time.monotonic()))
+                b.pump.from_tunnel([pkt], time.monotonic())
             if a.delivered:
                 break
         ok = bool(a.delivered and b.delivered)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import socket
 import time
 
 import pytest
 
 from wiresnake.crypto import generate_private_key, public_key
+from wiresnake.io.demux import STUN_MAGIC_COOKIE, RawSend
 from wiresnake.protocol.settings import DeviceConfig, PeerConfig, parse_network
 from wiresnake.proxy.tunnel import NoRouteError, Tunnel
 
@@ -123,5 +125,33 @@ def test_tunnels_over_an_ipv6_underlay() -> None:
             assert await a.ping("10.63.0.2", timeout=5) > 0
             peer = next(b.device.peers).endpoint
             assert peer is not None and peer == ("::1", a.listen_port)
+
+    asyncio.run(scenario())
+
+
+def test_a_stun_handler_on_the_tunnel_port_answers_while_pings_cross() -> None:
+    async def scenario() -> None:
+        a, b = await _pair()
+        async with a, b:
+            assert a.pump is not None
+            seen: list[bytes] = []
+
+            def on_stun(src: tuple[str, int], data: bytes, send: RawSend) -> None:
+                seen.append(data)
+                send(src, b"\x01\x01\x00\x00" + data[4:20])
+
+            a.pump.demux.register_stun(on_stun)
+            loop = asyncio.get_running_loop()
+            client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            client.bind(("127.0.0.1", 0))
+            client.setblocking(False)
+            try:
+                request = b"\x00\x01\x00\x00" + STUN_MAGIC_COOKIE + bytes(range(12))
+                client.sendto(request, ("127.0.0.1", a.listen_port))
+                reply = await asyncio.wait_for(loop.sock_recv(client, 2048), 5)
+                assert reply[4:20] == request[4:20] and seen == [request]
+                assert await a.ping("10.60.0.2", timeout=5) > 0
+            finally:
+                client.close()
 
     asyncio.run(scenario())

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from wiresnake.config import EndpointSpec, resolve_endpoint_async
+from wiresnake.io.pump import Pump
 from wiresnake.io.udp import UdpSockets
 from wiresnake.netstack import tcpsock
 from wiresnake.netstack.icmp import IcmpSocket
@@ -27,7 +28,7 @@ from wiresnake.netstack.iface import Interface
 from wiresnake.netstack.sockets import Socket
 from wiresnake.netstack.tcp import State, TcpError, TcpUsageError
 from wiresnake.netstack.udp import UdpSocket
-from wiresnake.protocol.device import Device, Output
+from wiresnake.protocol.device import Device
 from wiresnake.protocol.peer import Endpoint
 from wiresnake.protocol.settings import DeviceConfig
 from wiresnake.reresolve import STALE_AFTER, Reresolver
@@ -65,6 +66,8 @@ class Tunnel:
         self.iface = iface
         self._loop = asyncio.get_running_loop()
         self._udp: UdpSockets | None = None
+        # the engine's cycle, once the sockets exist: the netstack is its tunnel side
+        self.pump: Pump | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         # set after every round of input, so waiters look at their sockets again
@@ -97,6 +100,7 @@ class Tunnel:
         tunnel = cls(device, Interface(list(addresses), mtu=mtu, trust_checksums=True))
         udp = UdpSockets(config.listen_port, host=listen_host)
         tunnel._udp = udp
+        tunnel.pump = Pump(device, udp.send_batch, tunnel.iface.receive, batch=_READ_BATCH)
         for sock in udp.sockets():
             tunnel._loop.add_reader(sock.fileno(), tunnel._read_ready, sock)
         device.listen_port = udp.port
@@ -127,6 +131,8 @@ class Tunnel:
         if self._reresolving is not None:
             self._reresolving.cancel()
             self._reresolving = None
+        if self.pump is not None:
+            self.pump.close()
         if self._udp is not None:
             for sock in self._udp.sockets():
                 self._loop.remove_reader(sock.fileno())
@@ -176,36 +182,22 @@ class Tunnel:
 
     # ---------------------------------------------------------------- the pump
 
-    def _send(self, out: Output) -> None:
-        if self._udp is not None and out.datagrams:
-            failed = self._udp.send_batch(out.datagrams)
-            if failed:
-                self.device.unsent(failed)
-
     def _read_ready(self, sock: socket.socket) -> None:
         # Everything queued, in one pass through the engine and the stack: per-datagram
         # callbacks cost more than the crypto and let the socket buffer overflow.
-        batch = UdpSockets.recv_batch(sock, _READ_BATCH)
-        if batch:
-            self._from_network(batch)
-
-    def _from_network(self, datagrams: Iterable[tuple[Endpoint, bytes]]) -> None:
-        now = time.monotonic()
-        out = self.device.from_network(list(datagrams), now)
-        self._send(out)
-        if out.packets:
-            self.iface.receive(out.packets, now)
-        self._pump(now)
+        if self.pump is not None and self.pump.read(sock):
+            self._pump(time.monotonic())
 
     def _pump(self, now: float) -> None:
         """Move what the stack wants to send through the engine, then re-arm the timer."""
-        if self._udp is None:
+        pump = self.pump
+        if pump is None or self._udp is None:
             return  # closed: nothing moves and no timer is armed again
         iface, by_sock, dirty = self.iface, self._by_sock, self._dirty
         for _ in range(4):  # servicing makes packets; sending them may notify again
             packets = iface.poll(now)
             if packets:
-                self._send(self.device.from_tunnel(packets, now))
+                pump.from_tunnel(packets, now)
             for sock in iface.take_notified():
                 stream = by_sock.get(sock)
                 if stream is not None:
@@ -230,10 +222,8 @@ class Tunnel:
         self._timer = None
         self._timer_at = None
         now = time.monotonic()
-        out = self.device.tick(now)
-        self._send(out)
-        if out.packets:
-            self.iface.receive(out.packets, now)
+        if self.pump is not None:
+            self.pump.tick(now)
         self._pump(now)
 
     def _reschedule(self) -> None:
