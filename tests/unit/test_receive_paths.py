@@ -49,18 +49,23 @@ INNER_KINDS = (
     "v6_short",
     "v6_total_long",
 )
+# what a whole run may carry: mostly what the bulk path takes, sometimes what it must not
+CLEAN_INNER = ("v4",) * 6 + ("v4_padded", "v4_overpadded", "v4_spoofed", "v6", "keepalive")
 COUNTER_KINDS = ("fresh", "replay", "ahead", "behind", "limit")
 OUTER_KINDS = ("none", "corrupt", "truncate", "unknown_index", "junk_type", "handshake_size")
 
 
 @dataclass(frozen=True)
 class Clean:
-    """A run of fresh, consecutive, well-formed IPv4 packets: what the bulk path takes."""
+    """A run of consecutive IPv4 packets of one kind from one source: what the bulk path
+    takes when they are fresh and well formed; `back` starts it among counters used."""
 
     keypair: int
     count: int
     size: int
     source: int
+    inner: str = "v4"
+    back: int = 0
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,8 @@ clean = st.builds(
     count=st.integers(1, 20),
     size=st.sampled_from([0, 3, 40, 1380]),
     source=st.sampled_from([0, 0, 0, 1, 2]),
+    inner=st.sampled_from(CLEAN_INNER),
+    back=st.sampled_from([0] * 8 + [1, 2]),
 )
 odd = st.builds(
     Odd,
@@ -120,8 +127,10 @@ bulkish = st.builds(
         count=st.integers(8, 40),
         size=st.sampled_from([0, 40, 1380]),
         source=st.sampled_from([0, 0, 1, 2]),
+        inner=st.sampled_from(CLEAN_INNER),
+        back=st.sampled_from([0] * 8 + [1, 2]),
     ),
-    extra=st.none() | odd,
+    extra=st.none() | odd | clean,
     where=st.booleans(),
 )
 plans = st.tuples(
@@ -231,8 +240,11 @@ class Sender:
             kp = self.keypairs[k]
             src = SOURCES[item.source]
             if isinstance(item, Clean):
+                self.fresh[k] = max(0, self.fresh[k] - item.back)
                 for _ in range(item.count):
-                    msg = seal(kp, self._counter(k, "fresh", 0), inner_packet("v4", item.size))
+                    msg = seal(
+                        kp, self._counter(k, "fresh", 0), inner_packet(item.inner, item.size)
+                    )
                     out.append((src, msg))
                 continue
             msg = seal(
