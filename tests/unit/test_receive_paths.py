@@ -21,7 +21,7 @@ from wiresnake.crypto import NONCE
 from wiresnake.protocol.constants import REJECT_AFTER_MESSAGES, REKEY_AFTER_TIME
 from wiresnake.protocol.device import Device, Output, Run
 from wiresnake.protocol.keypair import Keypair
-from wiresnake.protocol.messages import TRANSPORT_HEADER, TYPE_TRANSPORT
+from wiresnake.protocol.messages import TRANSPORT_HEADER, TYPE_INITIATION, TYPE_TRANSPORT
 from wiresnake.protocol.peer import Endpoint, Peer
 
 KEY_A = bytes(range(1, 33))
@@ -52,7 +52,16 @@ INNER_KINDS = (
 # what a whole run may carry: mostly what the bulk path takes, sometimes what it must not
 CLEAN_INNER = ("v4",) * 6 + ("v4_padded", "v4_overpadded", "v4_spoofed", "v6", "keepalive")
 COUNTER_KINDS = ("fresh", "replay", "ahead", "behind", "limit")
-OUTER_KINDS = ("none", "corrupt", "truncate", "unknown_index", "junk_type", "handshake_size")
+# "initiation" swaps in a copy of a handshake initiation seen on the wire during setup
+OUTER_KINDS = (
+    "none",
+    "corrupt",
+    "truncate",
+    "unknown_index",
+    "junk_type",
+    "handshake_size",
+    "initiation",
+)
 
 
 @dataclass(frozen=True)
@@ -206,6 +215,7 @@ class Sender:
 
     def __init__(self, lab: Lab, a: Host, b: Host) -> None:
         pa = lab.peer(a, b)
+        self.initiation = next(w[3] for w in lab.wire if w[3][0] == TYPE_INITIATION)
         kps = [pa.previous, pa.current] if pa.previous is not None else [pa.current]
         self.keypairs = [k for k in kps if k is not None]
         # counters a sent already (some of them b saw while the session was set up)
@@ -262,6 +272,8 @@ class Sender:
                 msg = bytes([9]) + msg[1:]
             elif item.outer == "handshake_size":
                 msg = bytes([1 + item.pick % 3]) + msg[1:]  # a handshake type, wrong size
+            elif item.outer == "initiation":
+                msg = self.initiation
             out.append((src, msg))
         return out
 
@@ -362,6 +374,7 @@ def run_both(scenario: str, batches: list[Batch]) -> tuple[Device, Device]:
     return b1.device, b2.device
 
 
+# RECEIVE_PATHS_EXAMPLES=20000 searches deeper by hand (about 3 minutes)
 @settings(max_examples=int(os.environ.get("RECEIVE_PATHS_EXAMPLES", 400)), deadline=None)
 @given(plans)
 def test_bulk_and_general_paths_agree(plan: tuple[str, list[Batch]]) -> None:
