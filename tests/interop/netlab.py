@@ -345,6 +345,21 @@ def wait_pid_gone(pid: int, start: str | None = None, timeout: float = 10) -> bo
     return not pid_running(pid, start)
 
 
+def wiresnake_pids(name: str) -> list[int]:
+    """PIDs of processes whose arguments are `... wiresnake ... NAME` (NAME unique to a lab)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if name.encode() in args and any(b"wiresnake" in a for a in args):
+            pids.append(int(proc.name))
+    return pids
+
+
 def socket_owners(host: Host, name: str) -> list[int]:
     """PIDs holding the listening configuration socket of `name` (from `ss -xlp`)."""
     path = SOCKET_DIR / f"{name}.sock"

@@ -28,6 +28,7 @@ from netlab import (
     root_ns_has,
     socket_owners,
     wiresnake_cmd,
+    wiresnake_pids,
     write_private,
 )
 from test_up_down import Up
@@ -36,21 +37,6 @@ from wiresnake import config
 from wiresnake.crypto import key_to_base64
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
-
-
-def wiresnake_processes(name: str) -> list[int]:
-    """PIDs of processes whose arguments are `... wiresnake ... NAME`."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if name.encode() in args and any(b"wiresnake" in a for a in args):
-            pids.append(int(proc.name))
-    return pids
 
 
 def links(host: Host) -> list[str]:
@@ -74,7 +60,7 @@ def test_a_mistyped_subcommand_starts_nothing(word: str) -> None:
         assert res.stdout == ""
         assert links(host) == ["lo"]
         assert not sock.exists()
-        assert wiresnake_processes(word) == []
+        assert wiresnake_pids(word) == []
     assert not root_ns_has(word)
 
 

@@ -23,6 +23,7 @@ from netlab import (
     require_root_and_tools,
     socket_owners,
     wait_pid_gone,
+    wiresnake_pids,
 )
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
@@ -58,7 +59,7 @@ class Quick(QuickHosts):
         log = self.wg_quick("up")
         assert f"[#] wiresnake {self.name}" in log and "accessible" not in log, log
         pids = socket_owners(self.ha, self.name)
-        assert len(pids) == 1 and daemon_pids(self.name) == pids, pids
+        assert len(pids) == 1 and wiresnake_pids(self.name) == pids, pids
         self.take_daemon(pids[0])
 
     def down_and_check_nothing_left(self) -> None:
@@ -84,21 +85,6 @@ class Quick(QuickHosts):
 def quick(tmp_path: Path, go_build: str) -> Iterator[Quick]:
     require_root_and_tools("wg", "wg-quick", "ping", "ss", "nft")
     yield from quick_hosts(Quick, tmp_path, go_build)
-
-
-def daemon_pids(name: str) -> list[int]:
-    """Processes running `wiresnake ... NAME` (NAME is unique to this lab)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if name.encode() in args and any(b"wiresnake" in a for a in args):
-            pids.append(int(proc.name))
-    return pids
 
 
 def test_wg_quick_up_and_down_leaves_nothing_behind(quick: Quick) -> None:
@@ -194,7 +180,7 @@ def test_wg_quick_up_that_fails_takes_the_daemon_down_again(quick: Quick) -> Non
         str(quick.conf),
         check=False,
     )
-    pids = daemon_pids(quick.name)
+    pids = wiresnake_pids(quick.name)
     for pid in pids:
         quick.lab.adopt(pid)
     assert res.returncode != 0, res.stderr
@@ -202,6 +188,6 @@ def test_wg_quick_up_that_fails_takes_the_daemon_down_again(quick: Quick) -> Non
     assert "[#] ip link delete dev" in res.stderr, res.stderr
     assert quick.ha.run("ip", "link", "show", "dev", quick.name, check=False).returncode != 0
     assert all(wait_pid_gone(pid, None, 10) for pid in pids), "the daemon outlived its interface"
-    assert daemon_pids(quick.name) == []
+    assert wiresnake_pids(quick.name) == []
     assert not (SOCKET_DIR / f"{quick.name}.sock").exists()
     assert quick.snapshot() == before
